@@ -1,0 +1,39 @@
+"""The raw-pixel baseline: embed an image as its own normalised pixels, rank by cosine.
+
+It needs no training, so it is the floor every learned encoder must beat. The
+search is exact (every query against every gallery image); chapter 05 replaces
+it with the index module's exact and approximate indexes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from visual_search.preprocess import preprocess_batch
+
+
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+    """Z-score the pixels, flatten them and L2-normalise: float32 ``[N, H*W]``."""
+    x = preprocess_batch(images).flatten(1)
+    return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+def cosine_rank(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by cosine similarity of L2-normalised float32 rows.
+
+    Args:
+        queries: float32 ``[Q, D]``, unit rows.
+        gallery: float32 ``[G, D]``, unit rows.
+        k: results per query, 1..G.
+
+    Returns:
+        ``(similarities float32 [Q, k], ids int64 [Q, k])``, best first; ties go to the lower id.
+    """
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"queries {list(queries.shape)} and gallery {list(gallery.shape)} must be [N, D] with the same D")
+    if not 1 <= k <= len(gallery):
+        raise ValueError(f"k must be in 1..{len(gallery)} (the gallery size), got {k}")
+    sims = queries @ gallery.T
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, axis=1).astype(np.float32), ids.astype(np.int64)

@@ -1,0 +1,336 @@
+"""Fashion-MNIST: the real 70,000-image dataset the whole course runs on.
+
+``load_fashion_mnist(split)`` looks for the four IDX files in this order and
+uses the first folder that has the split's two files:
+
+1. ``$VISUAL_SEARCH_DATA``;
+2. the git-ignored cache in the repo (``.cache/fashion-mnist``);
+3. Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+4. torchvision's download into that cache (needs a network).
+
+Every file is checked against the SHA-256 of its *uncompressed* bytes, so the
+same check covers Debian's re-compressed ``.gz`` files, torchvision's originals
+and plain uncompressed copies.
+
+The committed sample (``datasets/fashion_mnist_sample.npz``) is loaded with
+``load_sample()``; fast mode and the unit tests use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visual_search import config
+
+#: The ten classes, in label order (label 0 is "T-shirt/top").
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+#: Coarser groups a shopper would recognise; used for the graded evaluation set
+#: (an item of the same super-category is "a bit similar").
+SUPER_CATEGORIES: dict[str, tuple[int, ...]] = {
+    "tops": (0, 2, 4, 6),
+    "bottoms": (1,),
+    "dresses": (3,),
+    "footwear": (5, 7, 9),
+    "bags": (8,),
+}
+
+#: Super-category index for each class label (index into ``SUPER_CATEGORY_NAMES``).
+SUPER_CATEGORY_NAMES: tuple[str, ...] = tuple(SUPER_CATEGORIES)
+SUPER_CATEGORY_OF_LABEL: np.ndarray = np.empty(len(CLASS_NAMES), dtype=np.int64)
+for _s, _labels in enumerate(SUPER_CATEGORIES.values()):
+    SUPER_CATEGORY_OF_LABEL[list(_labels)] = _s
+
+#: The file names of each split (images, labels), as published.
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+#: SHA-256 of each file's uncompressed bytes.
+SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+SAMPLE_PATH = config.DATASETS_DIR / "fashion_mnist_sample.npz"
+
+HOW_TO_GET_DATA = (
+    "Get Fashion-MNIST in one of these ways:\n"
+    "  * on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
+    f"(files land in {config.DEBIAN_FASHION_MNIST_DIR});\n"
+    "  * with a network: make data (torchvision downloads into .cache/fashion-mnist);\n"
+    "  * or put the four *-ubyte[.gz] files in a folder and set VISUAL_SEARCH_DATA to it."
+)
+
+
+class DataError(ValueError):
+    """A dataset file is missing, corrupt, or not what it claims to be."""
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzip-compressed or not.
+
+    The header is 2 zero bytes, a type byte (0x08 = uint8), a byte giving the
+    number of dimensions, then one big-endian uint32 per dimension.
+
+    Args:
+        path: the ``.gz`` or uncompressed file.
+
+    Returns:
+        A uint8 array of the shape the header gives.
+
+    Raises:
+        DataError: if the file is not valid IDX, or its size disagrees with its header.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    return _parse_idx(raw, path).copy()  # frombuffer views are read-only
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == b"\x1f\x8b":
+                with gzip.GzipFile(fileobj=f) as g:
+                    return g.read()
+            return f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: IDX type 0x{raw[2]:02x} is not uint8 (0x08)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_file(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_verified(path: Path, name: str, checksums: dict[str, str]) -> np.ndarray:
+    raw = _read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != checksums[name]:
+        raise DataError(
+            f"{path}: checksum mismatch (sha256 of the uncompressed bytes is {digest}, "
+            f"expected {checksums[name]}). The file is corrupt or not Fashion-MNIST; "
+            "delete it and fetch it again.\n" + HOW_TO_GET_DATA
+        )
+    return _parse_idx(raw, path)
+
+
+def candidate_dirs() -> list[Path]:
+    """Return the folders ``load_fashion_mnist`` searches, in order."""
+    dirs = []
+    if os.environ.get("VISUAL_SEARCH_DATA"):
+        dirs.append(Path(os.environ["VISUAL_SEARCH_DATA"]))
+    dirs += [config.cache_dir() / "fashion-mnist", config.DEBIAN_FASHION_MNIST_DIR]
+    return dirs
+
+
+def download_fashion_mnist(
+    root: str | Path | None = None,
+    *,
+    mirrors: list[str] | None = None,
+    resources: list[tuple[str, str]] | None = None,
+) -> Path:
+    """Download the four ``.gz`` files with torchvision's downloader.
+
+    torchvision checks each file's MD5 and tries the next mirror on failure.
+
+    Args:
+        root: destination folder (default: ``.cache/fashion-mnist`` in the repo).
+        mirrors: base URLs to try in order (default: torchvision's own list).
+        resources: ``(file name, md5)`` pairs (default: torchvision's own list).
+
+    Returns:
+        The folder holding the files.
+
+    Raises:
+        DataError: if no mirror delivered a file whose MD5 matches.
+    """
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    root = Path(root) if root is not None else config.cache_dir() / "fashion-mnist"
+    root.mkdir(parents=True, exist_ok=True)
+    mirrors = list(mirrors if mirrors is not None else FashionMNIST.mirrors)
+    resources = list(resources if resources is not None else FashionMNIST.resources)
+    for filename, md5 in resources:
+        if check_integrity(str(root / filename), md5):
+            continue
+        errors = []
+        for mirror in mirrors:
+            try:
+                download_url(f"{mirror.rstrip('/')}/{filename}", str(root), filename=filename, md5=md5)
+                break
+            except Exception as e:  # urllib and torchvision raise several types; we report them all
+                errors.append(f"{mirror}: {e}")
+                (root / filename).unlink(missing_ok=True)
+        else:
+            raise DataError(f"could not download {filename}:\n  " + "\n  ".join(errors) + "\n" + HOW_TO_GET_DATA)
+    return root
+
+
+def load_fashion_mnist(
+    split: str,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    checksums: dict[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a Fashion-MNIST split.
+
+    Args:
+        split: "train" (60,000 images) or "test" (10,000 images).
+        data_dir: read only this folder instead of searching (see the module docstring).
+        download: when no folder has the files, download them with torchvision.
+        checksums: SHA-256 per file name (default: the real files' ``SHA256``).
+
+    Returns:
+        ``(images, labels)``: uint8 ``[N, 28, 28]`` and int64 ``[N]``, fresh copies
+        of an in-process cache (so the files are read and verified once).
+
+    Raises:
+        DataError: for an unknown split, corrupt files, or when no source has the data.
+    """
+    if split not in SPLIT_FILES:
+        raise DataError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+    checksums = dict(SHA256 if checksums is None else checksums)
+    directory = find_data_dir(split, data_dir=data_dir, download=download)
+    images, labels = _load_split(directory.resolve(), split, tuple(sorted(checksums.items())))
+    return images.copy(), labels.copy()
+
+
+def find_data_dir(split: str, *, data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """Return the first folder holding ``split``'s two files, downloading them if allowed.
+
+    Raises:
+        DataError: when no folder has them (and the download is off or failed).
+    """
+    dirs = [Path(data_dir)] if data_dir is not None else candidate_dirs()
+    for directory in dirs:
+        if all(_find_file(directory, name) for name in SPLIT_FILES[split]):
+            return directory
+    if download and data_dir is None:
+        return download_fashion_mnist()  # raises DataError, with how-to, when every mirror fails
+    raise DataError(f"no Fashion-MNIST {split} files found in {[str(d) for d in dirs]}.\n{HOW_TO_GET_DATA}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split(directory: Path, split: str, checksums: tuple[tuple[str, str], ...]) -> tuple[np.ndarray, np.ndarray]:
+    sums = dict(checksums)
+    image_name, label_name = SPLIT_FILES[split]
+    images = _read_verified(_find_file(directory, image_name), image_name, sums)
+    labels = _read_verified(_find_file(directory, label_name), label_name, sums).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and labels.max() >= len(CLASS_NAMES):
+        raise DataError(f"{directory}: {split} labels go up to {labels.max()}, but there are {len(CLASS_NAMES)} classes")
+    return images, labels
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The small, balanced, committed sample: a gallery to search and queries to search with.
+
+    Attributes:
+        gallery_images: uint8 ``[G, 28, 28]`` from the train split.
+        gallery_labels: int64 ``[G]``.
+        gallery_index: int64 ``[G]``, each image's index in the train split.
+        query_images: uint8 ``[Q, 28, 28]`` from the test split.
+        query_labels: int64 ``[Q]``.
+        query_index: int64 ``[Q]``, each image's index in the test split.
+    """
+
+    gallery_images: np.ndarray
+    gallery_labels: np.ndarray
+    gallery_index: np.ndarray
+    query_images: np.ndarray
+    query_labels: np.ndarray
+    query_index: np.ndarray
+
+
+def build_sample(gallery_per_class: int = 200, queries_per_class: int = 50, seed: int = 0) -> Sample:
+    """Draw a class-balanced sample from the real data (what ``datasets/build_datasets.py`` commits).
+
+    Args:
+        gallery_per_class: gallery images per class, drawn from the train split.
+        queries_per_class: query images per class, drawn from the test split.
+        seed: the random seed; the same seed gives the same sample.
+
+    Returns:
+        A ``Sample``, each part sorted by label and then by source index.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images, labels = load_fashion_mnist(split)
+        index = np.concatenate(
+            [np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in range(len(CLASS_NAMES))]
+        ).astype(np.int64)
+        return images[index], labels[index], index
+
+    return Sample(*draw("train", gallery_per_class), *draw("test", queries_per_class))
+
+
+def load_sample(path: str | Path = SAMPLE_PATH) -> Sample:
+    """Load the committed sample (2,000 gallery and 500 query images).
+
+    Raises:
+        DataError: if the file is missing or lacks a field.
+    """
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            return Sample(**{name: z[name] for name in Sample.__dataclass_fields__})
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: cannot load the sample ({e}); rebuild it with `python datasets/build_datasets.py`") from e
+
+
+def main() -> None:
+    """``python -m visual_search.data``: find (or download) and verify both splits."""
+    for split in SPLIT_FILES:
+        images, labels = load_fashion_mnist(split)
+        print(f"Fashion-MNIST {split:5s}: {images.shape} {images.dtype}, labels {labels.shape}, checksums OK, from {find_data_dir(split)}")
+
+
+if __name__ == "__main__":
+    main()

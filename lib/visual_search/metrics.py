@@ -1,0 +1,174 @@
+"""Offline ranking metrics, written by hand because they are the lesson.
+
+Each function scores ONE ranked list; the ``mean_*`` functions average over
+many queries. Formulas (k counts positions 1..k):
+
+* reciprocal rank  RR   = 1 / (position of the first relevant item), 0 if none is ranked
+* precision        P@k  = (# relevant in the top k) / k
+* recall           R@k  = (# relevant in the top k) / (# relevant in total)
+* average precision AP  = sum of P@i over the relevant positions i (<= k)
+                          / (# relevant in total)
+* nDCG             DCG@k = sum_i rel_i / log2(i + 1);  nDCG@k = DCG@k / IDCG@k,
+                   where IDCG@k is the DCG of the ideal order of ALL graded candidates.
+
+Arguments:
+    ranked: the ids the system returned, best first (any hashable ids).
+    relevant: the ids that count as relevant (any collection).
+    grades: a mapping from id to an integer grade 0..5; ungraded ids count as 0.
+
+Edge cases, defined once for every function:
+    * No relevant items (or all grades 0): every metric returns 0.0, the
+      convention scikit-learn uses for nDCG. A mean over queries therefore
+      counts such a query as a miss; build eval sets in which every query has
+      at least one relevant item (ours does).
+    * k larger than the list: positions past the end count as not relevant.
+      P@k still divides by k, because the user was promised k results.
+    * Duplicate ids in ``ranked``: only the first occurrence can score; later
+      repeats count as not relevant (a system gets no credit for showing the
+      same image twice) but they still take up a position.
+    * k must be a positive integer, grades integers in 0..5; anything else
+      raises ``MetricError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+MIN_GRADE, MAX_GRADE = 0, 5
+
+
+class MetricError(ValueError):
+    """Invalid input to a metric: a bad k, grade, or mismatched query lists."""
+
+
+def _check_k(k: int | None, name: str = "k") -> None:
+    if k is None:
+        return
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MetricError(f"{name} must be a positive integer, got {k!r}")
+
+
+def _check_grades(grades: Mapping[Hashable, int]) -> None:
+    for item, grade in grades.items():
+        if isinstance(grade, bool) or not isinstance(grade, (int, np.integer)) or not MIN_GRADE <= grade <= MAX_GRADE:
+            raise MetricError(f"grade of id {item!r} must be an integer in {MIN_GRADE}..{MAX_GRADE}, got {grade!r}")
+
+
+def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int | None) -> list[bool]:
+    """Per position (up to k): is this the first occurrence of a relevant id?"""
+    seen: set[Hashable] = set()
+    hits = []
+    for item in list(ranked)[:k]:
+        hits.append(item in relevant and item not in seen)
+        seen.add(item)
+    return hits
+
+
+def reciprocal_rank(ranked: Sequence[Hashable], relevant: Collection[Hashable]) -> float:
+    """1 / rank of the first relevant item, or 0.0 if no relevant item is ranked."""
+    relevant = set(relevant)
+    for position, hit in enumerate(_hits(ranked, relevant, None), start=1):
+        if hit:
+            return 1.0 / position
+    return 0.0
+
+
+def precision_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
+    """Fraction of the top k positions that hold a relevant item."""
+    _check_k(k)
+    return sum(_hits(ranked, set(relevant), k)) / k
+
+
+def recall_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
+    """Fraction of all relevant items that appear in the top k (0.0 if none are relevant)."""
+    _check_k(k)
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    return sum(_hits(ranked, relevant, k)) / len(relevant)
+
+
+def average_precision(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int | None = None) -> float:
+    """Sum of P@i at each relevant position i (up to k), divided by the number of relevant items.
+
+    With ``k=None`` the whole list is used. Relevant items that are never
+    ranked contribute 0 to the sum but still count in the denominator.
+    """
+    _check_k(k)
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    total, found = 0.0, 0
+    for position, hit in enumerate(_hits(ranked, relevant, k), start=1):
+        if hit:
+            found += 1
+            total += found / position  # P@position, since this position is a hit
+    return total / len(relevant)
+
+
+def dcg_at_k(gains: Iterable[float], k: int) -> float:
+    """Discounted cumulative gain of gains listed in rank order: sum_i gain_i / log2(i + 1)."""
+    _check_k(k)
+    return sum(g / math.log2(i + 1) for i, g in enumerate(list(gains)[:k], start=1))
+
+
+def ndcg_at_k(ranked: Sequence[Hashable], grades: Mapping[Hashable, int], k: int) -> float:
+    """DCG@k of the ranking divided by DCG@k of the ideal order of all graded candidates.
+
+    Ungraded ids, and repeats of an id already ranked, have gain 0.
+    """
+    _check_k(k)
+    _check_grades(grades)
+    ideal = dcg_at_k(sorted(grades.values(), reverse=True), k)
+    if ideal == 0:
+        return 0.0
+    seen: set[Hashable] = set()
+    gains = []
+    for item in list(ranked)[:k]:
+        gains.append(0 if item in seen else grades.get(item, 0))
+        seen.add(item)
+    return dcg_at_k(gains, k) / ideal
+
+
+def _mean(per_query: Callable[..., float], ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence, *args) -> float:
+    if len(ranked_lists) != len(targets):
+        raise MetricError(f"got {len(ranked_lists)} ranked lists but {len(targets)} relevance targets")
+    if len(ranked_lists) == 0:
+        raise MetricError("cannot average over zero queries")
+    return float(np.mean([per_query(r, t, *args) for r, t in zip(ranked_lists, targets)]))
+
+
+def mean_reciprocal_rank(ranked_lists: Sequence[Sequence[Hashable]], relevant_sets: Sequence[Collection[Hashable]]) -> float:
+    """MRR: the mean of ``reciprocal_rank`` over queries."""
+    return _mean(reciprocal_rank, ranked_lists, relevant_sets)
+
+
+def mean_precision_at_k(ranked_lists: Sequence[Sequence[Hashable]], relevant_sets: Sequence[Collection[Hashable]], k: int) -> float:
+    """Mean P@k over queries."""
+    return _mean(precision_at_k, ranked_lists, relevant_sets, k)
+
+
+def mean_recall_at_k(ranked_lists: Sequence[Sequence[Hashable]], relevant_sets: Sequence[Collection[Hashable]], k: int) -> float:
+    """Mean R@k over queries."""
+    return _mean(recall_at_k, ranked_lists, relevant_sets, k)
+
+
+def mean_average_precision(
+    ranked_lists: Sequence[Sequence[Hashable]], relevant_sets: Sequence[Collection[Hashable]], k: int | None = None
+) -> float:
+    """mAP (mAP@k when k is given): the mean of ``average_precision`` over queries."""
+    return _mean(average_precision, ranked_lists, relevant_sets, k)
+
+
+def mean_ndcg_at_k(ranked_lists: Sequence[Sequence[Hashable]], grade_maps: Sequence[Mapping[Hashable, int]], k: int) -> float:
+    """Mean nDCG@k over queries."""
+    return _mean(ndcg_at_k, ranked_lists, grade_maps, k)
+
+
+def relevant_from_grades(grades: Mapping[Hashable, int], threshold: int) -> set[Hashable]:
+    """The ids whose grade is at least ``threshold``: turns graded relevance into binary."""
+    _check_grades(grades)
+    return {item for item, grade in grades.items() if grade >= threshold}
