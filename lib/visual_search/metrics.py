@@ -44,11 +44,11 @@ class MetricError(ValueError):
     """Invalid input to a metric: a bad k, grade, or mismatched query lists."""
 
 
-def _check_k(k: int | None, name: str = "k") -> None:
-    if k is None:
+def _check_k(k: int | None, allow_none: bool = False) -> None:
+    if k is None and allow_none:
         return
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise MetricError(f"{name} must be a positive integer, got {k!r}")
+        raise MetricError(f"k must be a positive integer, got {k!r}")
 
 
 def _check_grades(grades: Mapping[Hashable, int]) -> None:
@@ -97,7 +97,7 @@ def average_precision(ranked: Sequence[Hashable], relevant: Collection[Hashable]
     With ``k=None`` the whole list is used. Relevant items that are never
     ranked contribute 0 to the sum but still count in the denominator.
     """
-    _check_k(k)
+    _check_k(k, allow_none=True)
     relevant = set(relevant)
     if not relevant:
         return 0.0

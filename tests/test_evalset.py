@@ -1,0 +1,99 @@
+"""The graded evaluation set: the grading rule, the committed file, and its reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visual_search import bench
+from visual_search import evalset as E
+from visual_search.baseline import cosine_rank
+from visual_search.data import DataError, build_sample
+
+from conftest import needs_full_data
+
+
+@pytest.fixture(scope="module")
+def ev() -> E.GradedEvalSet:
+    return E.load_graded_eval()
+
+
+def test_grading_rule():
+    # queries: a Sneaker (7) and a Coat (4); gallery: Sneaker, Sandal, Coat, Shirt, Bag, copy of query 0
+    grades = E.grade_matrix(np.array([7, 4]), np.array([7, 5, 4, 6, 8, 7]), np.array([-1, -1, -1, -1, -1, 0]))
+    assert grades.tolist() == [[3, 1, 0, 0, 0, 5], [0, 0, 3, 1, 0, 0]]
+
+
+def test_committed_eval_set_shape_and_grades(ev):
+    assert len(ev) == 500 and ev.grades.shape == (500, 2500)
+    np.testing.assert_array_equal(ev.grades, E.grade_matrix(ev.query_labels, ev.gallery_labels, ev.copy_of))
+    assert (ev.grades == 5).sum(axis=1).tolist() == [1] * 500  # one planted copy per query
+    assert (ev.grades >= E.RELEVANT_GRADE).sum(axis=1).min() > 1  # every query has relevant items
+    assert E.EVAL_PATH.stat().st_size < 2_000_000
+
+
+def test_grade_maps_and_relevant_sets(ev):
+    small = ev.subset(10)
+    maps, rel = small.grade_maps(), small.relevant_sets()
+    assert len(maps) == len(rel) == 10
+    for row, grade_map, relevant in zip(small.grades, maps, rel):
+        assert all(row[g] == grade for g, grade in grade_map.items()) and 0 not in grade_map.values()
+        assert relevant == {g for g, grade in grade_map.items() if grade >= 3}
+
+
+def test_subset_is_class_balanced(ev):
+    assert np.bincount(ev.subset(100).query_labels).tolist() == [10] * 10
+    with pytest.raises(DataError, match="n_queries must be in 1..500"):
+        ev.subset(0)
+
+
+def test_perfect_ranking_scores_one(ev):
+    small = ev.subset(20)
+    ideal = bench.rank_ideally(small)  # copy first, then same class
+    scores = E.evaluate_rankings(ideal, small)
+    assert scores["MRR"] == scores["P@10"] == scores["nDCG@10"] == 1.0
+    # AP divides by ALL relevant items (250), so with 100 results even a perfect list scores 100/250
+    assert scores["mAP@100"] == pytest.approx(100 / 250)
+    # relevant per query: 200 same-class gallery images + 50 planted copies of same-class queries (its own included)
+    assert (small.grades >= 3).sum(axis=1).tolist() == [250] * 20
+    assert scores["R@10"] == pytest.approx(10 / 250)
+
+
+def test_evaluate_rankings_checks_shape(ev):
+    with pytest.raises(DataError, match=r"expected \[500, K\]"):
+        E.evaluate_rankings(np.zeros((3, 100), dtype=np.int64), ev)
+
+
+def test_cosine_rank_is_exact_and_validates():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(5, 8)).astype(np.float32)
+    g = rng.normal(size=(50, 8)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    sims, ids = cosine_rank(q, g, 7)
+    for row in range(5):
+        brute = sorted(range(50), key=lambda j: -float(q[row] @ g[j]))[:7]
+        assert ids[row].tolist() == brute
+    assert sims.dtype == np.float32 and ids.dtype == np.int64
+    with pytest.raises(ValueError, match="k must be in 1..50"):
+        cosine_rank(q, g, 51)
+    with pytest.raises(ValueError, match="same D"):
+        cosine_rank(q, g[:, :4], 3)
+
+
+def test_load_rejects_a_broken_file(tmp_path):
+    path = tmp_path / "broken.npz"
+    np.savez(path, grades=np.zeros((2, 2), dtype=np.uint8))
+    with pytest.raises(DataError, match="cannot load the graded evaluation set"):
+        E.load_graded_eval(path)
+
+
+@needs_full_data
+def test_committed_files_rebuild_byte_for_byte(tmp_path, sample, ev):
+    """datasets/build_datasets.py is reproducible: same seed, same arrays."""
+    rebuilt_sample = build_sample(seed=0)
+    for name in rebuilt_sample.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(rebuilt_sample, name), getattr(sample, name), err_msg=name)
+    rebuilt = E.build_graded_eval(rebuilt_sample, seed=0)
+    for name in rebuilt.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(ev, name), err_msg=name)

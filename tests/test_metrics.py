@@ -1,0 +1,152 @@
+"""Ranking metrics: closed-form values worked by hand, edge cases, and cross-checks with scikit-learn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, ndcg_score
+
+from visual_search import metrics as M
+
+# One ranked list used by several worked examples: ids 10..17, relevant = {11, 13, 16, 99}.
+# 99 is relevant but never retrieved. Hits sit at positions 2, 4 and 7.
+RANKED = [10, 11, 12, 13, 14, 15, 16, 17]
+RELEVANT = {11, 13, 16, 99}
+
+
+def test_reciprocal_rank_worked_example():
+    assert M.reciprocal_rank(RANKED, RELEVANT) == pytest.approx(1 / 2)
+    assert M.reciprocal_rank([5, 6, 7], {7}) == pytest.approx(1 / 3)
+    assert M.reciprocal_rank([5, 6, 7], {8}) == 0.0
+
+
+def test_mrr_over_three_queries():
+    # first hits at ranks 1, 3 and never: (1 + 1/3 + 0) / 3
+    value = M.mean_reciprocal_rank([[1, 2, 3], [4, 5, 6], [7, 8, 9]], [{1}, {6}, {0}])
+    assert value == pytest.approx((1 + 1 / 3 + 0) / 3)
+
+
+@pytest.mark.parametrize(
+    "k, precision, recall",
+    [(1, 0 / 1, 0 / 4), (2, 1 / 2, 1 / 4), (4, 2 / 4, 2 / 4), (7, 3 / 7, 3 / 4), (8, 3 / 8, 3 / 4), (20, 3 / 20, 3 / 4)],
+)
+def test_precision_and_recall_at_k(k, precision, recall):
+    assert M.precision_at_k(RANKED, RELEVANT, k) == pytest.approx(precision)
+    assert M.recall_at_k(RANKED, RELEVANT, k) == pytest.approx(recall)
+
+
+def test_average_precision_worked_example():
+    # P@2 = 1/2, P@4 = 2/4, P@7 = 3/7; 4 relevant items in total (99 is never found)
+    expected = (1 / 2 + 2 / 4 + 3 / 7) / 4
+    assert M.average_precision(RANKED, RELEVANT) == pytest.approx(expected)
+    # truncated at k=4 only the first two hits count; the denominator stays 4
+    assert M.average_precision(RANKED, RELEVANT, k=4) == pytest.approx((1 / 2 + 2 / 4) / 4)
+
+
+def test_ndcg_worked_example():
+    grades = {"a": 0, "b": 5, "c": 1, "d": 4, "e": 2}
+    ranked = ["a", "b", "c", "d", "e"]
+    dcg = 0 / math.log2(2) + 5 / math.log2(3) + 1 / math.log2(4) + 4 / math.log2(5) + 2 / math.log2(6)
+    idcg = 5 / math.log2(2) + 4 / math.log2(3) + 2 / math.log2(4) + 1 / math.log2(5) + 0
+    assert M.ndcg_at_k(ranked, grades, 5) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k(ranked, grades, 5) == pytest.approx(0.6869, abs=1e-4)
+    # the ideal order scores 1; IDCG@k uses ALL graded candidates, not only the retrieved ones
+    assert M.ndcg_at_k(["b", "d", "e"], grades, 3) == pytest.approx(1.0)
+    assert M.ndcg_at_k(["b"], {"b": 5, "z": 5}, 2) == pytest.approx(5 / (5 + 5 / math.log2(3)))
+
+
+def test_perfect_and_worst_rankings():
+    assert M.average_precision([1, 2, 3], {1, 2}) == 1.0
+    assert M.precision_at_k([1, 2, 3], {1, 2, 3}, 3) == 1.0
+    assert M.average_precision([3, 4], {1, 2}) == 0.0
+
+
+# ---- edge cases, as documented in the module docstring -------------------------------------
+
+
+def test_no_relevant_items_gives_zero_everywhere():
+    ranked = [1, 2, 3]
+    assert M.reciprocal_rank(ranked, set()) == 0.0
+    assert M.precision_at_k(ranked, set(), 2) == 0.0
+    assert M.recall_at_k(ranked, set(), 2) == 0.0
+    assert M.average_precision(ranked, set()) == 0.0
+    assert M.ndcg_at_k(ranked, {1: 0, 2: 0}, 2) == 0.0
+    assert M.ndcg_at_k(ranked, {}, 2) == 0.0
+
+
+def test_k_larger_than_list_counts_missing_positions_as_misses():
+    assert M.precision_at_k([1, 2], {1, 2}, 4) == pytest.approx(2 / 4)
+    assert M.recall_at_k([1, 2], {1, 2}, 4) == 1.0
+    assert M.ndcg_at_k([1], {1: 3}, 10) == 1.0
+
+
+def test_duplicates_score_once_but_keep_their_position():
+    # the repeat of 1 at position 2 is a miss; 2 at position 3 is a hit
+    assert M.precision_at_k([1, 1, 2], {1, 2}, 3) == pytest.approx(2 / 3)
+    assert M.recall_at_k([1, 1, 1], {1, 2}, 3) == pytest.approx(1 / 2)
+    assert M.average_precision([1, 1, 2], {1, 2}) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert M.reciprocal_rank([3, 3, 1], {1}) == pytest.approx(1 / 3)
+    grades = {1: 5, 2: 3}
+    assert M.ndcg_at_k([1, 1, 2], grades, 3) == pytest.approx((5 + 0 + 3 / 2) / (5 + 3 / math.log2(3)))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, None, True, "3"])
+def test_bad_k_raises(k):
+    with pytest.raises(M.MetricError, match="k must be a positive integer"):
+        M.precision_at_k([1], {1}, k)
+
+
+@pytest.mark.parametrize("grade", [-1, 6, 2.5, float("nan"), "3"])
+def test_bad_grade_raises(grade):
+    with pytest.raises(M.MetricError, match="grade of id 7"):
+        M.ndcg_at_k([7], {7: grade}, 1)
+
+
+def test_mean_needs_matching_nonempty_lists():
+    with pytest.raises(M.MetricError, match="2 ranked lists but 1"):
+        M.mean_reciprocal_rank([[1], [2]], [{1}])
+    with pytest.raises(M.MetricError, match="zero queries"):
+        M.mean_average_precision([], [])
+
+
+def test_means_are_means_of_per_query_values():
+    lists, rels = [[1, 2, 3], [3, 2, 1]], [{1}, {1, 2}]
+    assert M.mean_precision_at_k(lists, rels, 2) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert M.mean_recall_at_k(lists, rels, 2) == pytest.approx((1 + 1 / 2) / 2)
+    assert M.mean_average_precision(lists, rels) == pytest.approx((1 + (1 / 2 + 2 / 3) / 2) / 2)
+    grades = [{1: 3}, {1: 5, 2: 1}]
+    assert M.mean_ndcg_at_k(lists, grades, 3) == pytest.approx(np.mean([M.ndcg_at_k(r, g, 3) for r, g in zip(lists, grades)]))
+
+
+def test_relevant_from_grades():
+    assert M.relevant_from_grades({1: 5, 2: 3, 3: 1, 4: 0}, 3) == {1, 2}
+
+
+# ---- cross-checks against scikit-learn on randomised cases ----------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_average_precision_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    y_true = rng.random(n) < rng.uniform(0.1, 0.6)
+    y_true[rng.integers(n)] = True  # at least one relevant item
+    scores = rng.random(n)  # continuous, so no ties
+    ranked = np.argsort(-scores).tolist()
+    ours = M.average_precision(ranked, set(np.flatnonzero(y_true).tolist()))
+    assert ours == pytest.approx(average_precision_score(y_true, scores))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ndcg_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    grades = rng.integers(0, 6, size=n)
+    scores = rng.random(n)
+    ranked = np.argsort(-scores).tolist()
+    grade_map = {i: int(g) for i, g in enumerate(grades)}
+    for k in (1, 3, 10, n):
+        ours = M.ndcg_at_k(ranked, grade_map, k)
+        assert ours == pytest.approx(ndcg_score(grades[None, :], scores[None, :], k=k)), k
