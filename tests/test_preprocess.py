@@ -72,6 +72,13 @@ def test_palette_png_with_transparency_goes_on_white(tmp_path):
     assert (out[:, 4:] == 255).all()  # transparent -> white, not black
 
 
+def test_alpha_background_can_be_black(tmp_path):
+    img = Image.new("LA", (4, 4), (50, 0))  # fully transparent
+    assert (P.load_image(_save(img, tmp_path / "a.png"), background=0) == 0).all()
+    with pytest.raises(ImageError, match="background must be"):
+        P.load_image(tmp_path / "a.png", background=256)
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_alpha_is_composited_on_white(tmp_path, mode):
     img = Image.new(mode, (6, 6), (50, 255) if mode == "LA" else (50, 50, 50, 255))
@@ -212,8 +219,9 @@ def test_scale_and_normalize(gray):
     np.testing.assert_allclose(z, (x - 0.5) / 0.25, rtol=1e-6)
     with pytest.raises(ImageError, match="std must be positive"):
         P.normalize(x, std=0)
-    with pytest.raises(ImageError, match="expects uint8"):
+    with pytest.raises(ImageError, match="expects a uint8 array, got float32"):
         P.to_unit_float(x)
+    assert P.to_unit_float(np.stack([gray, gray])).shape == (2, *gray.shape)  # batches too
 
 
 def test_mean_std_of_a_known_array():
@@ -227,6 +235,7 @@ def test_batch_pipeline_matches_per_image_transform(sample, size, channels):
     batch = P.preprocess_batch(images, size=size, channels=channels)
     assert batch.shape == (8, channels, size, size) and batch.dtype == torch.float32
     transform = P.make_transform(size=size, channels=channels)
+    assert type(transform(images[0])) is torch.Tensor  # a plain tensor, not a tv_tensors.Image
     for img, row in zip(images, batch):
         torch.testing.assert_close(transform(img), row)
 

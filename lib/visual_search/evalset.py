@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from visual_search import metrics
-from visual_search.data import SUPER_CATEGORY_OF_LABEL, DataError, Sample, load_sample
-from visual_search import config
+from visual_search import config, metrics
+from visual_search.data import SUPER_CATEGORY_OF_LABEL, DataError, Sample
 
 GRADE_COPY, GRADE_SAME_CLASS, GRADE_SAME_SUPER_CATEGORY, GRADE_OTHER = 5, 3, 1, 0
 #: Binary metrics count grade >= this as relevant.

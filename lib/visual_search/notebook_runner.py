@@ -58,7 +58,7 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    with _environment(VISUAL_SEARCH_FAST="1" if fast else "0", MPLBACKEND="Agg", PYTHONWARNINGS="ignore::DeprecationWarning"):
+    with _environment(VISUAL_SEARCH_FAST="1" if fast else "0", MPLBACKEND="module://matplotlib_inline.backend_inline", PYTHONWARNINGS="ignore::DeprecationWarning"):
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     if out_dir is not None:

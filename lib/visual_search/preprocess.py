@@ -50,10 +50,12 @@ class ImageError(ValueError):
     """An image file or array that cannot be used, with the reason in the message."""
 
 
-def load_image(path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255
+) -> np.ndarray:
     """Decode an image file into a uint8 array in a single colour mode.
 
-    Handles grayscale, RGB, RGBA and LA (alpha composited on white), palette
+    Handles grayscale, RGB, RGBA and LA (alpha composited on ``background``), palette
     images (with or without transparency), CMYK, 16-bit and 32-bit integer
     images, and EXIF orientation. Animated files give their first frame.
 
@@ -61,6 +63,9 @@ def load_image(path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_
         path: the image file.
         mode: "L" for grayscale ``[H, W]`` or "RGB" for ``[H, W, 3]``.
         max_pixels: refuse images larger than this (width x height) before decoding.
+        background: grey level 0..255 that transparent pixels are composited onto.
+            White (255) is how a browser shows them; Fashion-MNIST's own
+            background is black (0), so a model trained on it may want 0.
 
     Returns:
         A new uint8 array.
@@ -71,6 +76,8 @@ def load_image(path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_
     """
     if mode not in MODES:
         raise ImageError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(background, bool) or not isinstance(background, (int, np.integer)) or not 0 <= background <= 255:
+        raise ImageError(f"background must be an integer grey level 0..255, got {background!r}")
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
@@ -91,7 +98,7 @@ def load_image(path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_
                     raise ImageError(f"{path}: image has zero size ({width}x{height})")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_mode(img, mode, path)
+                return _to_mode(img, mode, path, int(background))
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -102,7 +109,7 @@ def load_image(path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_
             raise ImageError(f"{path}: truncated or corrupt image data ({e})") from e
 
 
-def _to_mode(img: Image.Image, mode: str, path: Path) -> np.ndarray:
+def _to_mode(img: Image.Image, mode: str, path: Path, background: int) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to uint8 "L" or "RGB"."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit data (Pillow may open 16-bit PNGs as "I"): map 0..65535 onto 0..255.
@@ -119,8 +126,8 @@ def _to_mode(img: Image.Image, mode: str, path: Path) -> np.ndarray:
         img = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba).convert("RGB")
+        backdrop = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        img = Image.alpha_composite(backdrop, rgba).convert("RGB")
     if img.mode != mode:
         # "L" from colour goes through RGB so CMYK, YCbCr and palettes all take one road.
         img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
@@ -214,12 +221,12 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return out[..., 0] if image.ndim == 2 else out
 
 
-def to_unit_float(image: np.ndarray) -> np.ndarray:
-    """Scale uint8 pixels 0..255 to float32 in [0, 1]."""
-    check_image_array(image)
-    if image.dtype != np.uint8:
-        raise ImageError(f"image: to_unit_float expects uint8, got {image.dtype}")
-    return image.astype(np.float32) / 255.0
+def to_unit_float(images: np.ndarray) -> np.ndarray:
+    """Scale uint8 pixels 0..255 to float32 in [0, 1]; one image or a batch of any shape."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+        raise ImageError(f"images: to_unit_float expects a uint8 array, got {got}")
+    return images.astype(np.float32) / 255.0
 
 
 def normalize(x: np.ndarray, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD) -> np.ndarray:
@@ -274,6 +281,7 @@ def make_transform(
             v2.Resize((size, size), antialias=True),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize([mean] * channels, [std] * channels),
+            v2.ToPureTensor(),
         ]
     )
 
