@@ -41,8 +41,12 @@ def test_grade_maps_and_relevant_sets(ev):
         assert relevant == {g for g, grade in grade_map.items() if grade >= 3}
 
 
-def test_subset_is_class_balanced(ev):
-    assert np.bincount(ev.subset(100).query_labels).tolist() == [10] * 10
+def test_subset_is_class_balanced_and_keeps_copies_pointing_at_their_queries(ev):
+    small = ev.subset(100)
+    assert np.bincount(small.query_labels).tolist() == [10] * 10
+    assert (small.copy_of >= 0).sum() == 100
+    for q in range(100):
+        assert np.flatnonzero(small.copy_of == q).tolist() == np.flatnonzero(small.grades[q] == 5).tolist()
     with pytest.raises(DataError, match="n_queries must be in 1..500"):
         ev.subset(0)
 
@@ -60,8 +64,10 @@ def test_perfect_ranking_scores_one(ev):
 
 
 def test_evaluate_rankings_checks_shape(ev):
-    with pytest.raises(DataError, match=r"expected \[500, K\]"):
+    with pytest.raises(DataError, match=r"expected \[500, K >= 100\]"):
         E.evaluate_rankings(np.zeros((3, 100), dtype=np.int64), ev)
+    with pytest.raises(DataError, match=r"got shape \[500, 10\]"):
+        E.evaluate_rankings(np.zeros((500, 10), dtype=np.int64), ev)  # too short for mAP@100
 
 
 def test_cosine_rank_is_exact_and_validates():

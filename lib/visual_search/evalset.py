@@ -59,15 +59,20 @@ class GradedEvalSet:
         return len(self.query_images)
 
     def subset(self, n_queries: int) -> "GradedEvalSet":
-        """The first ``n_queries`` queries (class-balanced when n is a multiple of 10), full gallery.
+        """``n_queries`` evenly spaced queries (class-balanced when n is a multiple of 10), full gallery.
 
-        Queries are stored class by class, so we take every (Q / n)-th one.
+        Queries are stored class by class, so we take every (Q / n)-th one. The
+        gallery is unchanged; ``copy_of`` is renumbered to the new query
+        positions (copies of queries left out become -1, ordinary same-class items).
         """
         if not 1 <= n_queries <= len(self):
             raise DataError(f"n_queries must be in 1..{len(self)}, got {n_queries}")
         pick = np.linspace(0, len(self) - 1, n_queries).round().astype(np.int64)
+        new_position = np.full(len(self), -1, dtype=np.int64)
+        new_position[pick] = np.arange(n_queries)
+        copy_of = np.where(self.copy_of >= 0, new_position[np.maximum(self.copy_of, 0)], -1)
         return GradedEvalSet(
-            self.query_images[pick], self.query_labels[pick], self.gallery_images, self.gallery_labels, self.copy_of, self.grades[pick]
+            self.query_images[pick], self.query_labels[pick], self.gallery_images, self.gallery_labels, copy_of, self.grades[pick]
         )
 
     def grade_maps(self) -> list[dict[int, int]]:
@@ -150,15 +155,23 @@ def load_graded_eval(path: str | Path = EVAL_PATH) -> GradedEvalSet:
 
 
 def evaluate_rankings(ranked: np.ndarray, evalset: GradedEvalSet, k: int = 10, map_k: int = 100) -> dict[str, float]:
-    """Score ranked gallery ids ``[Q, >= map_k]`` against the graded set.
+    """Score ranked gallery ids ``[Q, >= max(k, map_k)]`` against the graded set.
+
+    AP divides by every relevant item, so when a query has more than ``map_k``
+    relevant candidates (ours have 250) even a perfect ranking scores below 1:
+    ``bench.rank_ideally`` gives each metric's ceiling.
 
     Returns:
         ``{"MRR", f"P@{k}", f"R@{k}", f"mAP@{map_k}", f"nDCG@{k}"}``; binary metrics
         use ``RELEVANT_GRADE``.
+
+    Raises:
+        DataError: if ``ranked`` is not ``[Q, K]`` with K >= max(k, map_k).
     """
     ranked = np.asarray(ranked)
-    if ranked.ndim != 2 or len(ranked) != len(evalset):
-        raise DataError(f"ranked: expected [{len(evalset)}, K] gallery ids, got shape {list(ranked.shape)}")
+    need = max(k, map_k)
+    if ranked.ndim != 2 or len(ranked) != len(evalset) or ranked.shape[1] < need:
+        raise DataError(f"ranked: expected [{len(evalset)}, K >= {need}] gallery ids, got shape {list(ranked.shape)}")
     lists = ranked.tolist()
     relevant = evalset.relevant_sets()
     return {

@@ -18,6 +18,7 @@ def image_grid(
     size: float = 1.3,
     cmap: str = "gray",
     suptitle: str | None = None,
+    title_colors: Sequence[str] | None = None,
 ):
     """Show images in a grid (grayscale by default) and return the figure.
 
@@ -28,6 +29,7 @@ def image_grid(
         size: inches per image.
         cmap: colour map for 2-D images.
         suptitle: a title over the whole grid.
+        title_colors: one matplotlib colour per title (e.g. green for a relevant result).
     """
     n = len(images)
     nrows = max(1, -(-n // ncols))
@@ -37,7 +39,8 @@ def image_grid(
     for i, (ax, img) in enumerate(zip(axes.ravel(), images)):
         ax.imshow(img, cmap=cmap if np.ndim(img) == 2 else None)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            colour = {"color": title_colors[i]} if title_colors is not None else {}
+            ax.set_title(titles[i], fontsize=8, **colour)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
