@@ -3,8 +3,9 @@
     python datasets/build_datasets.py            # writes both files next to this script
     python datasets/build_datasets.py --out DIR  # writes them elsewhere (the tests do this)
 
-The same seed and the pinned torch/torchvision give byte-identical arrays, which
-``tests/test_datasets.py`` checks against the committed files.
+The same seed and the pinned torch/torchvision give identical arrays, which
+``tests/test_evalset.py::test_committed_files_rebuild_identically`` checks against
+the committed files whenever the full data is installed.
 """
 
 from __future__ import annotations

@@ -171,3 +171,61 @@ def test_committed_sample_comes_from_the_real_data(sample):
     np.testing.assert_array_equal(train_labels[sample.gallery_index], sample.gallery_labels)
     np.testing.assert_array_equal(test_images[sample.query_index], sample.query_images)
     np.testing.assert_array_equal(test_labels[sample.query_index], sample.query_labels)
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path):
+    raw = gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8)))
+    broken = bytearray(raw)
+    broken[20:40] = b"\xff" * 20  # damage the deflate stream, keep the gzip magic
+    (tmp_path / "x.gz").write_bytes(bytes(broken))
+    with pytest.raises(DataError, match=r"x\.gz: cannot read"):
+        data.read_idx(tmp_path / "x.gz")
+
+
+def _write_split(folder, value) -> dict[str, str]:
+    """Write a one-image 'test' split whose pixels are all ``value``; return its checksums."""
+    folder.mkdir(parents=True, exist_ok=True)
+    checksums = dict(data.SHA256)
+    for name, array in (("t10k-images-idx3-ubyte", np.full((1, 28, 28), value)), ("t10k-labels-idx1-ubyte", np.array([3]))):
+        raw = _idx_bytes(array)
+        (folder / name).write_bytes(raw)
+        checksums[name] = hashlib.sha256(raw).hexdigest()
+    return checksums
+
+
+@pytest.fixture
+def three_sources(tmp_path, monkeypatch):
+    """A repo cache and a 'Debian' folder in tmp_path, and no VISUAL_SEARCH_DATA."""
+    monkeypatch.delenv("VISUAL_SEARCH_DATA", raising=False)
+    monkeypatch.setenv("VISUAL_SEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(config, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    return tmp_path
+
+
+def test_repo_cache_comes_before_debian(three_sources):
+    cache_sums = _write_split(three_sources / "cache" / "fashion-mnist", 1)
+    _write_split(three_sources / "debian", 2)
+    assert data.find_data_dir("test", download=False) == three_sources / "cache" / "fashion-mnist"
+    assert (data.load_fashion_mnist("test", checksums=cache_sums, download=False)[0] == 1).all()
+
+
+def test_debian_is_used_when_the_cache_is_empty(three_sources):
+    checksums = _write_split(three_sources / "debian", 2)
+    assert data.find_data_dir("test", download=False) == three_sources / "debian"
+    assert (data.load_fashion_mnist("test", checksums=checksums, download=False)[0] == 2).all()
+
+
+def test_download_is_the_last_resort_and_its_failure_says_how_to_get_the_data(three_sources, monkeypatch):
+    calls = []
+
+    def refuse(root=None, **kwargs):
+        calls.append(root)
+        raise DataError("could not download t10k-images-idx3-ubyte.gz\n" + data.HOW_TO_GET_DATA)
+
+    monkeypatch.setattr(data, "download_fashion_mnist", refuse)
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        data.load_fashion_mnist("test")
+    assert calls == [None]  # tried once, after every folder came up empty
+    with pytest.raises(DataError, match="no Fashion-MNIST test files found"):
+        data.load_fashion_mnist("test", download=False)
+    assert calls == [None]

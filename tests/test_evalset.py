@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from visual_search import bench
 from visual_search import evalset as E
-from visual_search.baseline import cosine_rank
+from visual_search.baseline import SearchError, cosine_rank
 from visual_search.data import DataError, build_sample
 
 from conftest import needs_full_data
@@ -81,9 +82,9 @@ def test_cosine_rank_is_exact_and_validates():
         brute = sorted(range(50), key=lambda j: -float(q[row] @ g[j]))[:7]
         assert ids[row].tolist() == brute
     assert sims.dtype == np.float32 and ids.dtype == np.int64
-    with pytest.raises(ValueError, match="k must be in 1..50"):
+    with pytest.raises(SearchError, match="k must be an integer in 1..50"):
         cosine_rank(q, g, 51)
-    with pytest.raises(ValueError, match="same D"):
+    with pytest.raises(SearchError, match="same D"):
         cosine_rank(q, g[:, :4], 3)
 
 
@@ -95,7 +96,7 @@ def test_load_rejects_a_broken_file(tmp_path):
 
 
 @needs_full_data
-def test_committed_files_rebuild_byte_for_byte(tmp_path, sample, ev):
+def test_committed_files_rebuild_identically(sample, ev):
     """datasets/build_datasets.py is reproducible: same seed, same arrays."""
     rebuilt_sample = build_sample(seed=0)
     for name in rebuilt_sample.__dataclass_fields__:
@@ -103,3 +104,45 @@ def test_committed_files_rebuild_byte_for_byte(tmp_path, sample, ev):
     rebuilt = E.build_graded_eval(rebuilt_sample, seed=0)
     for name in rebuilt.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(rebuilt, name), getattr(ev, name), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(2500, r"id 2500 \(query 0, position 0\) is not a gallery id 0..2499"), (-1, "id -1"), (0.5, "must be integers")],
+)
+def test_evaluate_rankings_rejects_ids_that_are_not_gallery_ids(ev, bad, message):
+    ranked = bench.rank_ideally(ev).astype(type(bad) if isinstance(bad, float) else np.int64)
+    ranked[0, 0] = bad
+    with pytest.raises(DataError, match=message):
+        E.evaluate_rankings(ranked, ev)
+
+
+def test_load_rejects_grades_above_five(tmp_path, ev):
+    path = tmp_path / "graded.npz"
+    small = ev.subset(2)
+    E.save_graded_eval(E.GradedEvalSet(**{**small.__dict__, "grades": small.grades + 5}), path)
+    with pytest.raises(DataError, match="grades must be"):
+        E.load_graded_eval(path)
+
+
+def test_building_the_eval_set_leaves_the_global_rng_alone(sample):
+    tiny = type(sample)(*(getattr(sample, f)[:5] for f in sample.__dataclass_fields__))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    E.build_graded_eval(tiny, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    "queries, gallery, message",
+    [
+        (np.zeros((2, 4), np.float64), np.zeros((3, 4), np.float32), "queries: expected a float32"),
+        (np.zeros((2, 4), np.float32), [[0.0] * 4], "gallery: expected a float32"),
+        (np.full((2, 4), np.nan, np.float32), np.zeros((3, 4), np.float32), "queries: contains NaN"),
+        (np.zeros((2, 4), np.float32), np.zeros((0, 4), np.float32), "empty"),
+    ],
+)
+def test_cosine_rank_rejects_bad_input(queries, gallery, message):
+    with pytest.raises(SearchError, match=message):
+        cosine_rank(queries, gallery, 1)

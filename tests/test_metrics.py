@@ -150,3 +150,69 @@ def test_ndcg_matches_sklearn(seed):
     for k in (1, 3, 10, n):
         ours = M.ndcg_at_k(ranked, grade_map, k)
         assert ours == pytest.approx(ndcg_score(grades[None, :], scores[None, :], k=k)), k
+
+
+# ---- input validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ranked", [{1, 2, 3}, {1: 0, 2: 0}, "123", 7, np.zeros((2, 2))])
+def test_ranked_must_be_an_ordered_sequence(ranked):
+    with pytest.raises(M.MetricError, match="ranked must be"):
+        M.precision_at_k(ranked, {1}, 2)
+
+
+def test_relevant_must_be_a_collection_of_ids():
+    with pytest.raises(M.MetricError, match="relevant must be a collection"):
+        M.recall_at_k([1, 2], "12", 2)
+    with pytest.raises(M.MetricError, match="unhashable"):
+        M.reciprocal_rank([1, 2], [[1]])
+    with pytest.raises(M.MetricError, match="unhashable id"):
+        M.reciprocal_rank([[1], 2], {2})
+
+
+def test_grades_must_be_a_mapping_and_threshold_a_grade():
+    with pytest.raises(M.MetricError, match="grades must be a mapping"):
+        M.ndcg_at_k([1], [(1, 3)], 1)
+    for threshold in (0, 6, "3", 2.5):
+        with pytest.raises(M.MetricError, match="threshold must be an integer in 1..5"):
+            M.relevant_from_grades({1: 3}, threshold)
+
+
+def test_numpy_ids_work_like_python_ids():
+    ranked = np.array([10, 11, 12, 13, 14, 15, 16, 17])
+    relevant = np.array([11, 13, 16, 99])
+    assert M.average_precision(ranked, relevant) == M.average_precision(RANKED, RELEVANT)
+    assert M.ndcg_at_k(ranked, {np.int64(11): 3, 13: 5}, 4) == M.ndcg_at_k(RANKED, {11: 3, 13: 5}, 4)
+
+
+# ---- the binary metrics against scikit-learn too -------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_reciprocal_rank_matches_sklearn_lrap_with_one_relevant_item(seed):
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    rng = np.random.default_rng(seed)
+    n_queries, n = 8, 30
+    scores = rng.random((n_queries, n))
+    y_true = np.zeros((n_queries, n), dtype=int)
+    y_true[np.arange(n_queries), rng.integers(0, n, n_queries)] = 1  # one relevant item each: LRAP = 1 / rank
+    ranked = [np.argsort(-row).tolist() for row in scores]
+    relevant = [set(np.flatnonzero(row).tolist()) for row in y_true]
+    assert M.mean_reciprocal_rank(ranked, relevant) == pytest.approx(label_ranking_average_precision_score(y_true, scores))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_precision_and_recall_match_sklearn_on_the_top_k_mask(seed):
+    from sklearn.metrics import precision_score, recall_score
+
+    rng = np.random.default_rng(seed)
+    n, k = 40, int(rng.integers(1, 40))
+    y_true = rng.random(n) < 0.3
+    y_true[0] = True
+    ranked = rng.permutation(n).tolist()
+    y_pred = np.zeros(n, dtype=bool)
+    y_pred[ranked[:k]] = True  # "retrieved" = in the top k
+    relevant = set(np.flatnonzero(y_true).tolist())
+    assert M.precision_at_k(ranked, relevant, k) == pytest.approx(precision_score(y_true, y_pred))
+    assert M.recall_at_k(ranked, relevant, k) == pytest.approx(recall_score(y_true, y_pred))

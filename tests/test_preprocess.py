@@ -217,7 +217,7 @@ def test_scale_and_normalize(gray):
     assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     z = P.normalize(x, mean=0.5, std=0.25)
     np.testing.assert_allclose(z, (x - 0.5) / 0.25, rtol=1e-6)
-    with pytest.raises(ImageError, match="std must be positive"):
+    with pytest.raises(ImageError, match="std finite and positive"):
         P.normalize(x, std=0)
     with pytest.raises(ImageError, match="expects a uint8 array, got float32"):
         P.to_unit_float(x)
@@ -267,3 +267,65 @@ def test_normalisation_constants_match_the_train_split():
     mean, std = P.compute_mean_std(load_fashion_mnist("train")[0])
     assert mean == pytest.approx(P.FASHION_MNIST_MEAN, abs=5e-5)
     assert std == pytest.approx(P.FASHION_MNIST_STD, abs=5e-5)
+
+
+# ---- more modes and stricter inputs ---------------------------------------------------------
+
+
+def test_colour_to_gray_uses_luma_weights(tmp_path):
+    # ITU-R 601-2: L = 0.299 R + 0.587 G + 0.114 B
+    for colour, grey in (((255, 0, 0), 76), ((0, 255, 0), 150), ((0, 0, 255), 29)):
+        path = _save(Image.new("RGB", (4, 4), colour), tmp_path / "c.png")
+        assert (P.load_image(path) == grey).all(), colour
+
+
+def test_palette_png_without_transparency(tmp_path, gray):
+    path = _save(Image.fromarray(gray).convert("P"), tmp_path / "p.png")
+    with Image.open(path) as check:
+        assert check.mode == "P" and "transparency" not in check.info
+    np.testing.assert_array_equal(P.load_image(path), gray)
+
+
+def test_rgb_colour_key_transparency_goes_on_the_background(tmp_path):
+    img = Image.new("RGB", (4, 4), (0, 0, 0))
+    img.paste((100, 100, 100), (0, 0, 2, 4))
+    path = _save(img, tmp_path / "key.png", transparency=(0, 0, 0))  # black is the transparent colour key
+    out = P.load_image(path)
+    assert (out[:, :2] == 100).all() and (out[:, 2:] == 255).all()
+
+
+def test_pillow_warning_band_is_refused_too(tmp_path, monkeypatch):
+    path = _save(Image.new("L", (100, 100)), tmp_path / "warn.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 10,000 pixels: over 1x (warning), under 2x (error)
+    with pytest.raises(ImageError, match=r"warn\.png: decompression bomb"):
+        P.load_image(path)
+
+
+def test_transform_rejects_what_the_batch_path_rejects(gray):
+    transform = P.make_transform()
+    with pytest.raises(ImageError, match="expected uint8 pixels"):
+        transform(gray.astype(np.float32))
+    with pytest.raises(ImageError, match="NaN"):
+        transform(np.full((28, 28), np.nan, dtype=np.float32))
+    with pytest.raises(ImageError, match="size must be"):
+        P.make_transform(size=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"std": 0.0}, "std finite and positive"), ({"std": float("nan")}, "std finite"), ({"mean": float("inf")}, "mean must be finite"), ({"size": 0}, "size must be"), ({"size": 2.5}, "size must be")],
+)
+def test_batch_pipeline_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ImageError, match=message):
+        P.preprocess_batch(np.zeros((1, 28, 28), dtype=np.uint8), **kwargs)
+
+
+def test_resize_accepts_numpy_ints_and_rejects_floats(gray):
+    assert P.resize(gray, np.int64(14)).shape == (14, 14)
+    with pytest.raises(ImageError, match="size must be"):
+        P.resize(gray, 14.0)
+
+
+def test_crop_rejects_a_string_box(gray):
+    with pytest.raises(ImageError, match="four finite numbers"):
+        P.crop(gray, "1234")

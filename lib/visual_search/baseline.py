@@ -13,6 +13,10 @@ import torch
 from visual_search.preprocess import preprocess_batch
 
 
+class SearchError(ValueError):
+    """Bad input to a search: wrong shapes or dtypes, NaN, or k outside 1..gallery size."""
+
+
 def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
     """Z-score the pixels, flatten them and L2-normalise: float32 ``[N, H*W]``."""
     x = preprocess_batch(images).flatten(1)
@@ -30,10 +34,18 @@ def cosine_rank(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.nd
     Returns:
         ``(similarities float32 [Q, k], ids int64 [Q, k])``, best first; ties go to the lower id.
     """
+    for name, x in (("queries", queries), ("gallery", gallery)):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+            raise SearchError(f"{name}: expected a float32 numpy array, got {got}")
+        if not np.isfinite(x).all():
+            raise SearchError(f"{name}: contains NaN or infinity")
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries {list(queries.shape)} and gallery {list(gallery.shape)} must be [N, D] with the same D")
-    if not 1 <= k <= len(gallery):
-        raise ValueError(f"k must be in 1..{len(gallery)} (the gallery size), got {k}")
+        raise SearchError(f"queries {list(queries.shape)} and gallery {list(gallery.shape)} must be [N, D] with the same D")
+    if len(gallery) == 0:
+        raise SearchError("gallery: empty, nothing to search")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(gallery):
+        raise SearchError(f"k must be an integer in 1..{len(gallery)} (the gallery size), got {k!r}")
     sims = queries @ gallery.T
     ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, ids, axis=1).astype(np.float32), ids.astype(np.int64)

@@ -36,7 +36,7 @@ def is_fast() -> bool:
 
 
 def cache_dir() -> Path:
-    """Return the git-ignored folder for big downloads (created on demand)."""
+    """Return the git-ignored folder for big downloads (whoever writes there creates it)."""
     return Path(os.environ.get("VISUAL_SEARCH_CACHE", REPO_ROOT / ".cache"))
 
 

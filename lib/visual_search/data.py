@@ -22,6 +22,7 @@ import functools
 import gzip
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +118,8 @@ def _read_bytes(path: Path) -> bytes:
                 with gzip.GzipFile(fileobj=f) as g:
                     return g.read()
             return f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
+    except (OSError, EOFError, zlib.error) as e:  # missing, unreadable, or a corrupt .gz
+        raise DataError(f"{path}: cannot read ({e}); delete it and fetch it again.\n{HOW_TO_GET_DATA}") from e
 
 
 def _parse_idx(raw: bytes, path: Path) -> np.ndarray:

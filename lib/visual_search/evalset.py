@@ -117,8 +117,9 @@ def build_graded_eval(sample: Sample, seed: int = 0) -> GradedEvalSet:
         The ``GradedEvalSet``.
     """
     augment = near_duplicate_augmentation()
-    torch.manual_seed(seed)
-    copies = np.stack([augment(torch.from_numpy(img).unsqueeze(0))[0].numpy() for img in sample.query_images])
+    with torch.random.fork_rng():  # seed locally; the caller's global RNG state is restored afterwards
+        torch.manual_seed(seed)
+        copies = np.stack([augment(torch.from_numpy(img).unsqueeze(0))[0].numpy() for img in sample.query_images])
     n_gallery, n_query = len(sample.gallery_images), len(sample.query_images)
     copy_of = np.concatenate([np.full(n_gallery, -1), np.arange(n_query)]).astype(np.int64)
     gallery_labels = np.concatenate([sample.gallery_labels, sample.query_labels]).astype(np.int64)
@@ -166,12 +167,23 @@ def evaluate_rankings(ranked: np.ndarray, evalset: GradedEvalSet, k: int = 10, m
         use ``RELEVANT_GRADE``.
 
     Raises:
-        DataError: if ``ranked`` is not ``[Q, K]`` with K >= max(k, map_k).
+        DataError: if ``ranked`` is not an integer ``[Q, K]`` array with K >= max(k, map_k)
+            whose ids are all valid gallery positions (a buggy index should fail
+            loudly here, not look like a bad model).
     """
     ranked = np.asarray(ranked)
     need = max(k, map_k)
     if ranked.ndim != 2 or len(ranked) != len(evalset) or ranked.shape[1] < need:
         raise DataError(f"ranked: expected [{len(evalset)}, K >= {need}] gallery ids, got shape {list(ranked.shape)}")
+    if ranked.dtype.kind not in "iu":
+        raise DataError(f"ranked: gallery ids must be integers, got dtype {ranked.dtype}")
+    bad = (ranked < 0) | (ranked >= len(evalset.gallery_images))
+    if bad.any():
+        q, pos = np.argwhere(bad)[0]
+        raise DataError(
+            f"ranked: id {ranked[q, pos]} (query {q}, position {pos}) is not a gallery id 0..{len(evalset.gallery_images) - 1}; "
+            f"{int(bad.sum())} such ids in all"
+        )
     lists = ranked.tolist()
     relevant = evalset.relevant_sets()
     return {

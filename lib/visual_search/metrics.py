@@ -26,8 +26,10 @@ Edge cases, defined once for every function:
     * Duplicate ids in ``ranked``: only the first occurrence can score; later
       repeats count as not relevant (a system gets no credit for showing the
       same image twice) but they still take up a position.
-    * k must be a positive integer, grades integers in 0..5; anything else
-      raises ``MetricError``.
+    * k must be a positive integer, grades integers in 0..5; ``ranked`` must be
+      an ordered sequence (a list, tuple or 1-D array, not a set, dict or
+      string) and ``relevant`` a collection of ids (not a string); ids must be
+      hashable. Anything else raises ``MetricError``.
 """
 
 from __future__ import annotations
@@ -52,16 +54,40 @@ def _check_k(k: int | None, allow_none: bool = False) -> None:
 
 
 def _check_grades(grades: Mapping[Hashable, int]) -> None:
+    if not isinstance(grades, Mapping):
+        raise MetricError(f"grades must be a mapping from id to grade, got {type(grades).__name__}")
     for item, grade in grades.items():
         if isinstance(grade, bool) or not isinstance(grade, (int, np.integer)) or not MIN_GRADE <= grade <= MAX_GRADE:
             raise MetricError(f"grade of id {item!r} must be an integer in {MIN_GRADE}..{MAX_GRADE}, got {grade!r}")
 
 
-def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int | None) -> list[bool]:
+def _ranked_list(ranked: Sequence[Hashable]) -> list[Hashable]:
+    """Validate ``ranked`` and return it as a list of hashable ids (numpy scalars become Python ones)."""
+    if isinstance(ranked, (set, frozenset, dict, str, bytes)) or not isinstance(ranked, (Sequence, np.ndarray)):
+        raise MetricError(f"ranked must be an ordered sequence of ids (list, tuple or 1-D array), got {type(ranked).__name__}")
+    if isinstance(ranked, np.ndarray) and ranked.ndim != 1:
+        raise MetricError(f"ranked must be 1-D, got an array of shape {list(ranked.shape)}")
+    items = ranked.tolist() if isinstance(ranked, np.ndarray) else list(ranked)
+    for item in items:
+        if not isinstance(item, Hashable):
+            raise MetricError(f"ranked contains an unhashable id {item!r}")
+    return items
+
+
+def _relevant_set(relevant: Collection[Hashable]) -> set[Hashable]:
+    if isinstance(relevant, (str, bytes)) or not isinstance(relevant, (Collection, np.ndarray)):
+        raise MetricError(f"relevant must be a collection of ids (e.g. a set), got {type(relevant).__name__}")
+    try:
+        return set(relevant.tolist() if isinstance(relevant, np.ndarray) else relevant)
+    except TypeError as e:
+        raise MetricError(f"relevant contains an unhashable id ({e})") from e
+
+
+def _hits(ranked: Sequence[Hashable], relevant: set[Hashable], k: int | None) -> list[bool]:
     """Per position (up to k): is this the first occurrence of a relevant id?"""
     seen: set[Hashable] = set()
     hits = []
-    for item in list(ranked)[:k]:
+    for item in _ranked_list(ranked)[:k]:
         hits.append(item in relevant and item not in seen)
         seen.add(item)
     return hits
@@ -69,7 +95,7 @@ def _hits(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int | N
 
 def reciprocal_rank(ranked: Sequence[Hashable], relevant: Collection[Hashable]) -> float:
     """1 / rank of the first relevant item, or 0.0 if no relevant item is ranked."""
-    relevant = set(relevant)
+    relevant = _relevant_set(relevant)
     for position, hit in enumerate(_hits(ranked, relevant, None), start=1):
         if hit:
             return 1.0 / position
@@ -79,13 +105,13 @@ def reciprocal_rank(ranked: Sequence[Hashable], relevant: Collection[Hashable]) 
 def precision_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
     """Fraction of the top k positions that hold a relevant item."""
     _check_k(k)
-    return sum(_hits(ranked, set(relevant), k)) / k
+    return sum(_hits(ranked, _relevant_set(relevant), k)) / k
 
 
 def recall_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
     """Fraction of all relevant items that appear in the top k (0.0 if none are relevant)."""
     _check_k(k)
-    relevant = set(relevant)
+    relevant = _relevant_set(relevant)
     if not relevant:
         return 0.0
     return sum(_hits(ranked, relevant, k)) / len(relevant)
@@ -98,7 +124,7 @@ def average_precision(ranked: Sequence[Hashable], relevant: Collection[Hashable]
     ranked contribute 0 to the sum but still count in the denominator.
     """
     _check_k(k, allow_none=True)
-    relevant = set(relevant)
+    relevant = _relevant_set(relevant)
     if not relevant:
         return 0.0
     total, found = 0.0, 0
@@ -127,7 +153,7 @@ def ndcg_at_k(ranked: Sequence[Hashable], grades: Mapping[Hashable, int], k: int
         return 0.0
     seen: set[Hashable] = set()
     gains = []
-    for item in list(ranked)[:k]:
+    for item in _ranked_list(ranked)[:k]:
         gains.append(0 if item in seen else grades.get(item, 0))
         seen.add(item)
     return dcg_at_k(gains, k) / ideal
@@ -169,6 +195,8 @@ def mean_ndcg_at_k(ranked_lists: Sequence[Sequence[Hashable]], grade_maps: Seque
 
 
 def relevant_from_grades(grades: Mapping[Hashable, int], threshold: int) -> set[Hashable]:
-    """The ids whose grade is at least ``threshold``: turns graded relevance into binary."""
+    """The ids whose grade is at least ``threshold`` (1..5): turns graded relevance into binary."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or not 1 <= threshold <= MAX_GRADE:
+        raise MetricError(f"threshold must be an integer in 1..{MAX_GRADE}, got {threshold!r}")
     _check_grades(grades)
     return {item for item, grade in grades.items() if grade >= threshold}

@@ -56,13 +56,18 @@ def load_image(
     """Decode an image file into a uint8 array in a single colour mode.
 
     Handles grayscale, RGB, RGBA and LA (alpha composited on ``background``), palette
-    images (with or without transparency), CMYK, 16-bit and 32-bit integer
-    images, and EXIF orientation. Animated files give their first frame.
+    images, a transparent colour key on any mode, CMYK, 16-bit images, and EXIF
+    orientation. Animated files give their first frame. Pillow's integer mode
+    "I" is read as 16-bit (0..65535), which is how Pillow opens 16-bit PNGs and
+    TIFFs; float images ("F") are read as 0..1 when their maximum is at most 1,
+    else as 0..255. Colour becomes grayscale with Pillow's ITU-R 601-2 weights
+    (L = 0.299 R + 0.587 G + 0.114 B).
 
     Args:
         path: the image file.
         mode: "L" for grayscale ``[H, W]`` or "RGB" for ``[H, W, 3]``.
         max_pixels: refuse images larger than this (width x height) before decoding.
+            Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) applies as well.
         background: grey level 0..255 that transparent pixels are composited onto.
             White (255) is how a browser shows them; Fashion-MNIST's own
             background is black (0), so a model trained on it may want 0.
@@ -124,7 +129,7 @@ def _to_mode(img: Image.Image, mode: str, path: Path, background: int) -> np.nda
         if values.max() <= 1.0:
             values = values * 255.0
         img = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # alpha, or a transparent palette entry/colour key
         rgba = img.convert("RGBA")
         backdrop = Image.new("RGBA", rgba.size, (background, background, background, 255))
         img = Image.alpha_composite(backdrop, rgba).convert("RGB")
@@ -170,7 +175,8 @@ def crop(image: np.ndarray, box: Sequence[float], clip: bool = False) -> np.ndar
         image: ``[H, W]`` or ``[H, W, C]`` array.
         box: ``(left, top, right, bottom)`` in pixels, Pillow's convention:
             ``right`` and ``bottom`` are exclusive, so the crop is
-            ``image[top:bottom, left:right]``. Fractional values are rounded.
+            ``image[top:bottom, left:right]``. Fractional values are rounded
+            to the nearest pixel edge (halves to even, as Python's ``round``).
         clip: if True, a box that sticks out of the image is clipped to it;
             if False (the default) such a box is an error, because a box from a
             UI that disagrees with the image size usually means a bug upstream.
@@ -187,7 +193,7 @@ def crop(image: np.ndarray, box: Sequence[float], clip: bool = False) -> np.ndar
         values = [float(v) for v in box]
     except (TypeError, ValueError) as e:
         raise ImageError(f"box {box!r}: expected four numbers (left, top, right, bottom)") from e
-    if len(values) != 4 or not all(np.isfinite(values)):
+    if isinstance(box, (str, bytes)) or len(values) != 4 or not all(np.isfinite(values)):
         raise ImageError(f"box {box!r}: expected four finite numbers (left, top, right, bottom)")
     left, top, right, bottom = (int(round(v)) for v in values)
     if right <= left or bottom <= top:
@@ -207,16 +213,31 @@ def _as_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
 
 
+def _check_size(size: int | Sequence[int]) -> list[int]:
+    """``size`` as ``[height, width]``: an int gives a square; each side must be a positive integer."""
+    sides = [size, size] if isinstance(size, (int, np.integer)) else size
+    try:
+        sides = list(sides)
+    except TypeError:
+        sides = []
+    if len(sides) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sides):
+        raise ImageError(f"size must be a positive int or (height, width) of positive ints, got {size!r}")
+    return [int(s) for s in sides]
+
+
+def _check_stats(mean: float, std: float) -> None:
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise ImageError(f"mean must be finite and std finite and positive, got mean={mean!r}, std={std!r}")
+
+
 def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize an image (bilinear, antialiased) to ``size`` (int: square; or ``(H, W)``).
 
     Returns:
         An array of the same dtype and channel layout as the input.
     """
-    size_hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(size_hw) != 2 or min(size_hw) < 1:
-        raise ImageError(f"size must be a positive int or (height, width), got {size!r}")
-    out = F.resize(_as_chw_tensor(image), list(size_hw), antialias=True)
+    size_hw = _check_size(size)
+    out = F.resize(_as_chw_tensor(image), size_hw, antialias=True)
     out = out.permute(1, 2, 0).numpy()
     return out[..., 0] if image.ndim == 2 else out
 
@@ -231,8 +252,7 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
 
 def normalize(x: np.ndarray, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD) -> np.ndarray:
     """Z-score: ``(x - mean) / std`` with the training set's statistics."""
-    if std <= 0:
-        raise ImageError(f"std must be positive, got {std}")
+    _check_stats(mean, std)
     return ((np.asarray(x, dtype=np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
 
 
@@ -255,12 +275,15 @@ def compute_mean_std(images: np.ndarray) -> tuple[float, float]:
 
 
 def make_transform(
-    size: int = 28,
+    size: int | tuple[int, int] = 28,
     mean: float = FASHION_MNIST_MEAN,
     std: float = FASHION_MNIST_STD,
     channels: int = 1,
 ) -> v2.Compose:
     """Build the torchvision v2 pipeline for one ``[H, W]`` or ``[H, W, C]`` uint8 image.
+
+    The first step rejects anything but a valid uint8 image, so the serving path
+    is exactly as strict as ``preprocess_batch``.
 
     Args:
         size: output height and width.
@@ -274,11 +297,14 @@ def make_transform(
     """
     if channels not in (1, 3):
         raise ImageError(f"channels must be 1 or 3, got {channels}")
+    size_hw = _check_size(size)
+    _check_stats(mean, std)
     return v2.Compose(
         [
+            v2.Lambda(_require_uint8_image),
             v2.ToImage(),
             v2.Grayscale(num_output_channels=channels),
-            v2.Resize((size, size), antialias=True),
+            v2.Resize(size_hw, antialias=True),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize([mean] * channels, [std] * channels),
             v2.ToPureTensor(),
@@ -286,9 +312,16 @@ def make_transform(
     )
 
 
+def _require_uint8_image(image: np.ndarray) -> np.ndarray:
+    check_image_array(image)
+    if image.dtype != np.uint8:
+        raise ImageError(f"image: expected uint8 pixels 0..255, got {image.dtype} (scaling would be skipped silently)")
+    return image
+
+
 def preprocess_batch(
     images: np.ndarray,
-    size: int = 28,
+    size: int | tuple[int, int] = 28,
     mean: float = FASHION_MNIST_MEAN,
     std: float = FASHION_MNIST_STD,
     channels: int = 1,
@@ -314,8 +347,10 @@ def preprocess_batch(
         raise ImageError(f"images: empty batch of shape {list(images.shape)}")
     if channels not in (1, 3):
         raise ImageError(f"channels must be 1 or 3, got {channels}")
+    size_hw = _check_size(size)
+    _check_stats(mean, std)
     x = torch.tensor(images).unsqueeze(1)
-    if x.shape[-2:] != (size, size):
-        x = F.resize(x, [size, size], antialias=True)
+    if list(x.shape[-2:]) != size_hw:
+        x = F.resize(x, size_hw, antialias=True)
     x = F.normalize(F.to_dtype(x, torch.float32, scale=True), [mean], [std])
     return x.expand(-1, channels, -1, -1).contiguous() if channels == 3 else x
