@@ -1,4 +1,4 @@
-"""The baseline benchmark runs end to end (fast mode) and writes its JSON."""
+"""The baseline benchmark runs end to end (fast mode) and writes its JSON and figure."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import json
 from visual_search import bench, config
 
 
-def test_baseline_bench_writes_json_and_beats_chance():
+def test_baseline_bench_writes_json_and_figure_and_beats_chance(tmp_path):
     out = bench.baseline(seed=0)
     path = config.REPO_ROOT / "build" / "results-fast" / "bench_baseline.json"
     assert json.loads(path.read_text()) == json.loads(json.dumps(out))
+    assert (config.REPO_ROOT / out["figure"]).resolve() == (config.figures_dir() / "bench_baseline.png").resolve()
+    assert (config.figures_dir() / "bench_baseline.png").stat().st_size > 10_000
     assert out["queries"] == 100 and out["fast_mode"] is True
-    methods = out["methods"]
-    rand, raw, ideal = (methods[m]["metrics"] for m in ("random", "raw pixels (cosine)", "ideal (oracle)"))
+    rand, raw, ideal = (out["metrics"][m] for m in ("random", "raw pixels", bench.ORACLE))
     for metric in ("MRR", "P@10", "mAP@100", "nDCG@10"):
         assert 0 <= rand[metric] < raw[metric] < ideal[metric] <= 1, metric
