@@ -19,10 +19,20 @@ help:
 
 install: $(STAMP)
 
+# A venv that lacks pip is a failed earlier attempt: start again. Debian's own
+# python3 needs its python3-venv package for `-m venv`; install it when we can.
 $(STAMP): requirements.lock pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! $(PY) -m pip --version >/dev/null 2>&1; then \
+		rm -rf $(VENV); \
+		if ! $(PYTHON) -c "import ensurepip" 2>/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's python3-venv ..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+		fi; \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+			echo "Could not create $(VENV) with $(PYTHON). On Debian/Ubuntu: sudo apt-get install python3-venv"; exit 1; }; \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
 # Debian's package when we can install it (root + apt-get); otherwise the
@@ -52,10 +62,13 @@ datasets: data
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
+# PyPI's Linux x86_64 torch is the CUDA build, which needs the nvidia/cuda/triton
+# wheels; elsewhere (macOS, ARM) torch needs none of them, so they get a marker.
 lock: $(STAMP)
 	@{ echo "# Exact versions of the whole stack, from 'pip freeze' of a working install (Python 3.11, x86_64)."; \
 	   echo "# Ranges live in pyproject.toml; regenerate with: make lock"; \
-	   $(PY) -m pip freeze --exclude-editable; } > requirements.lock
+	   $(PY) -m pip freeze --exclude-editable \
+	   | sed -E '/^(nvidia-|cuda-|triton=)/ s/$$/ ; sys_platform == "linux" and platform_machine == "x86_64"/'; } > requirements.lock
 
 clean:
 	rm -rf build .pytest_cache

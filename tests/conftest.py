@@ -1,10 +1,14 @@
-"""Shared fixtures. Tests run with VISUAL_SEARCH_FAST=1 (make test sets it)."""
+"""Shared fixtures. Every test runs in fast mode, however pytest is started."""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from visual_search import data
+os.environ["VISUAL_SEARCH_FAST"] = "1"  # before the library is imported anywhere: small data, nothing written to figures/ or results/
+
+import pytest  # noqa: E402
+
+from visual_search import data  # noqa: E402
 
 
 def _full_data_available() -> bool:

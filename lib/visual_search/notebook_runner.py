@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,7 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
     Args:
         path: the ``.ipynb`` file.
         fast: sets ``VISUAL_SEARCH_FAST=1`` for the kernel (small data, few steps).
-        out_dir: if given, the executed copy is written there under the same name.
+        out_dir: if given, the executed copy (also of a failed run) is written there under the same name.
         timeout: seconds any one cell may take.
 
     Returns:
@@ -53,18 +54,30 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
         nbclient.exceptions.CellExecutionError: a cell failed; the message shows the traceback.
     """
     import nbformat
+    from ipykernel.kernelspec import write_kernel_spec
     from nbclient import NotebookClient
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    with _environment(VISUAL_SEARCH_FAST="1" if fast else "0", MPLBACKEND="module://matplotlib_inline.backend_inline", PYTHONWARNINGS="ignore::DeprecationWarning"):
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    seconds = time.perf_counter() - start
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, Path(out_dir) / path.name)
-    return seconds
+    with tempfile.TemporaryDirectory() as jupyter_path:
+        # A "python3" kernel spec that runs *this* interpreter, found first on JUPYTER_PATH, so a
+        # user-level python3 kernel pointing at another Python can never run the course.
+        write_kernel_spec(os.path.join(jupyter_path, "kernels", "python3"))
+        env = {
+            "JUPYTER_PATH": jupyter_path,
+            "VISUAL_SEARCH_FAST": "1" if fast else "0",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        }
+        try:
+            with _environment(**env):
+                NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        finally:  # keep the executed copy, failed cells included, for debugging
+            if out_dir is not None:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, Path(out_dir) / path.name)
+    return time.perf_counter() - start
 
 
 def find_notebooks(selectors: list[str] | None = None) -> list[Path]:
