@@ -216,3 +216,25 @@ def test_precision_and_recall_match_sklearn_on_the_top_k_mask(seed):
     relevant = set(np.flatnonzero(y_true).tolist())
     assert M.precision_at_k(ranked, relevant, k) == pytest.approx(precision_score(y_true, y_pred))
     assert M.recall_at_k(ranked, relevant, k) == pytest.approx(recall_score(y_true, y_pred))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_binary_metrics_match_the_loop_versions(seed):
+    rng = np.random.default_rng(seed)
+    n_queries, depth, n_items = 30, 20, 200
+    ranked = [rng.permutation(n_items)[:depth].tolist() for _ in range(n_queries)]
+    relevant = [set(rng.choice(n_items, int(rng.integers(0, 40)), replace=False).tolist()) for _ in range(n_queries)]
+    hits = np.array([[item in rel for item in r] for r, rel in zip(ranked, relevant)])
+    got = M.binary_metrics_from_hits(hits, np.array([len(rel) for rel in relevant]), ks=(1, 5, 20))
+    assert got["MRR"] == pytest.approx(M.mean_reciprocal_rank(ranked, relevant))
+    for k in (1, 5, 20):
+        assert got[f"P@{k}"] == pytest.approx(M.mean_precision_at_k(ranked, relevant, k))
+        assert got[f"R@{k}"] == pytest.approx(M.mean_recall_at_k(ranked, relevant, k))
+    assert got["mAP@20"] == pytest.approx(M.mean_average_precision(ranked, relevant, 20))
+
+
+def test_vectorised_binary_metrics_validate():
+    with pytest.raises(M.MetricError, match="smaller than the number of hits"):
+        M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([2]))
+    with pytest.raises(M.MetricError, match="deeper than"):
+        M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([3]), ks=(5,))

@@ -23,13 +23,14 @@ def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
     return torch.nn.functional.normalize(x, dim=1).numpy()
 
 
-def cosine_rank(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def cosine_rank(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by cosine similarity of L2-normalised float32 rows.
 
     Args:
         queries: float32 ``[Q, D]``, unit rows.
         gallery: float32 ``[G, D]``, unit rows.
         k: results per query, 1..G.
+        chunk: queries per matrix product (memory is chunk x G floats).
 
     Returns:
         ``(similarities float32 [Q, k], ids int64 [Q, k])``, best first; ties go to the lower id.
@@ -46,6 +47,16 @@ def cosine_rank(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.nd
         raise SearchError("gallery: empty, nothing to search")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(gallery):
         raise SearchError(f"k must be an integer in 1..{len(gallery)} (the gallery size), got {k!r}")
-    sims = queries @ gallery.T
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, ids, axis=1).astype(np.float32), ids.astype(np.int64)
+    out_sims = np.empty((len(queries), k), dtype=np.float32)
+    out_ids = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):  # bounded memory: [chunk, G] similarities at a time
+        sims = queries[start : start + chunk] @ gallery.T
+        if k < len(gallery):  # select the top k in O(G), then sort only those
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            order = np.lexsort((part, -np.take_along_axis(sims, part, axis=1)), axis=1)  # by similarity, then id
+            ids = np.take_along_axis(part, order, axis=1)
+        else:
+            ids = np.argsort(-sims, axis=1, kind="stable")
+        out_ids[start : start + chunk] = ids
+        out_sims[start : start + chunk] = np.take_along_axis(sims, ids, axis=1)
+    return out_sims, out_ids

@@ -200,3 +200,41 @@ def relevant_from_grades(grades: Mapping[Hashable, int], threshold: int) -> set[
         raise MetricError(f"threshold must be an integer in 1..{MAX_GRADE}, got {threshold!r}")
     _check_grades(grades)
     return {item for item, grade in grades.items() if grade >= threshold}
+
+
+def binary_metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Iterable[int] = (1, 10)) -> dict[str, float]:
+    """The binary metrics for many queries at once, from a hit matrix (for 10,000 x 60,000 evaluations).
+
+    The same definitions as the per-query functions above, vectorised: row q of
+    ``hits`` says, for each of the top K positions of query q, whether that item
+    is relevant (no duplicates assumed); ``n_relevant[q]`` is how many relevant
+    items query q has in total. Tested against the loop versions.
+
+    Args:
+        hits: bool ``[Q, K]``.
+        n_relevant: int ``[Q]``, each >= the hits in its row.
+        ks: the k values for P@k and R@k (each <= K).
+
+    Returns:
+        ``{"MRR", "P@k", "R@k" for each k, f"mAP@{K}"}``, means over queries.
+    """
+    hits = np.asarray(hits, dtype=bool)
+    n_relevant = np.asarray(n_relevant)
+    if hits.ndim != 2 or n_relevant.shape != (hits.shape[0],) or hits.shape[0] == 0:
+        raise MetricError(f"hits must be [Q > 0, K] and n_relevant [Q], got {list(hits.shape)} and {list(n_relevant.shape)}")
+    if (n_relevant < hits.sum(axis=1)).any():
+        raise MetricError("n_relevant is smaller than the number of hits for some query")
+    depth = hits.shape[1]
+    positions = np.arange(1, depth + 1)
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
+    precision_at_i = np.cumsum(hits, axis=1) / positions
+    denominator = np.maximum(n_relevant, 1)  # no relevant items: AP and R@k are 0, as above
+    out = {"MRR": float(np.mean(1.0 / first))}
+    for k in ks:
+        _check_k(k)
+        if k > depth:
+            raise MetricError(f"k={k} is deeper than the {depth} ranked positions given")
+        out[f"P@{k}"] = float(hits[:, :k].sum(axis=1).mean() / k)
+        out[f"R@{k}"] = float(np.mean(hits[:, :k].sum(axis=1) / denominator))
+    out[f"mAP@{depth}"] = float(np.mean((precision_at_i * hits).sum(axis=1) / denominator))
+    return out

@@ -1,0 +1,60 @@
+"""The embedding step of the pipeline: uint8 images in, float32 unit vectors out.
+
+``embed(encoder, images)`` applies the encoder's own preprocessing (its input
+size, channels, mean and std), runs it in batches without gradients, and
+returns a float32 ``[N, D]`` array, ready for an index. Offline it embeds the
+whole gallery; online, the embedding service calls it on one query.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm  # plain text bars: work in a terminal and in Jupyter without ipywidgets
+
+from visual_search.models import Encoder, ModelError
+from visual_search.preprocess import ImageError, preprocess_batch
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, images: np.ndarray, batch_size: int = 256, layer: str | None = None, progress: bool | None = None) -> np.ndarray:
+    """Embed uint8 images ``[N, H, W]`` (as ``load_fashion_mnist`` returns them).
+
+    Args:
+        encoder: any ``Encoder`` (see ``visual_search.models``).
+        images: uint8 ``[N, H, W]``; resized to the encoder's input size if needed.
+        batch_size: images per forward pass (memory vs speed).
+        layer: "pooled", "embedding" or "head" (default: the encoder's ``retrieval_layer``);
+            the head is offered only to measure that it retrieves worse.
+        progress: show a tqdm bar (default: only for more than 20 batches).
+
+    Returns:
+        float32 ``[N, D]`` with unit-length rows.
+
+    Raises:
+        ImageError: for images of the wrong dtype or shape.
+        ModelError: for a bad batch size or something that is not an Encoder.
+    """
+    if not isinstance(encoder, Encoder):
+        raise ModelError(f"encoder: expected a visual_search.models.Encoder, got {type(encoder).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ImageError(f"images: expected a uint8 array [N, H, W], got {got}")
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    if len(images) == 0:
+        raise ImageError("images: empty batch, nothing to embed")
+    parts = []
+    starts = range(0, len(images), batch_size)
+    show = progress if progress is not None else len(starts) > 20
+    try:
+        for start in tqdm(starts, desc=f"embedding {len(images):,} images", disable=not show, leave=False):
+            batch = images[start : start + batch_size]
+            x = preprocess_batch(batch, size=encoder.image_size, mean=encoder.mean, std=encoder.std, channels=encoder.in_channels)
+            parts.append(encoder(x.to(device), layer=layer).float().cpu().numpy())
+    finally:
+        encoder.train(was_training)
+    return np.concatenate(parts)
