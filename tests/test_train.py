@@ -64,3 +64,13 @@ def test_final_checkpoint_is_small_and_records_provenance(sample, tmp_path):
 def test_bad_training_arguments(sample, cfg, images, message):
     with pytest.raises(TrainError, match=message):
         train_simclr(cfg, sample.gallery_images if images is None else images, progress=False)
+def test_committed_checkpoint_loads_and_beats_a_random_encoder(sample):
+    if not models.CHECKPOINT_PATH.exists():
+        pytest.fail(f"{models.CHECKPOINT_PATH} is missing: train it with the command in its .json file")
+    trained = models.load_pretrained()
+    assert models.CHECKPOINT_PATH.stat().st_size < 10_000_000
+    e = embed(trained, sample.query_images[:4])
+    assert trained.retrieval_layer == "pooled"  # measured best for retrieval (results/bench_encoders.json)
+    assert e.shape == (4, 64) and e.dtype == np.float32  # 16 -> 32 -> 64 channels, globally pooled
+    random_init = models.build_encoder(trained.name, **{**trained.config, "seed": 0})
+    assert knn_precision_at_1(trained, sample) > knn_precision_at_1(random_init, sample)
