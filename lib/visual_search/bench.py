@@ -27,6 +27,7 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from visual_search import config, metrics
 from visual_search.baseline import cosine_rank, raw_pixel_embeddings
@@ -159,8 +160,6 @@ def _throughput(embed_fn, images: np.ndarray) -> float:
     because torch's multi-threaded small batches slow down badly when another
     process shares the cores.
     """
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -245,7 +244,7 @@ def encoders(seed: int = 0) -> dict:
         "seed": seed,
         "setting": f"{len(queries)} queries vs {len(gallery)} gallery images, relevant = same class; graded set {len(evalset)} x {len(evalset.gallery_images)}",
         "click_log": {"sessions": len(log.query_ids), "clicks": int((log.clicked_ids >= 0).sum()), "click_precision": float(np.mean(gallery_labels[click_p] == gallery_labels[click_q]))},
-        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": __import__("torch").get_num_threads(), "load_average": os.getloadavg()},
+        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
         "metrics": results,
     }
     names = list(results)

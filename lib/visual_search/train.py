@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     images, _ = load_fashion_mnist("train")
     encoder, history = train_simclr(cfg, images, out=args.out, resume=args.resume, monitor=load_sample())
-    command = "python -m visual_search.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m visual_search.train " + " ".join(argv if argv is not None else sys.argv[1:])
     finalize_checkpoint(encoder, args.out, cfg, history, command)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); kNN P@1 on the sample: {history[-1].get('knn_p_at_1')}")
 
