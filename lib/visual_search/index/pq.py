@@ -1,0 +1,233 @@
+"""Product quantisation (PQ) and IVF-PQ: compress each vector to ``m`` bytes.
+
+**Vector quantisation** replaces a vector by the nearest of K centroids, so it
+is stored as one small integer. To keep the error small K must be huge.
+
+**Product quantisation** (Jégou, Douze & Schmid, 2011) cuts the vector into
+``m`` sub-vectors of ``dim / m`` numbers and quantises each with its own
+codebook of ``2**nbits`` centroids. A vector becomes ``m`` codes (``m`` bytes
+at nbits=8), yet the number of distinct reconstructions is ``(2**nbits)**m``:
+784 floats (3,136 bytes) become 98 bytes, a 32x saving.
+
+**Asymmetric distance computation (ADC):** the query stays exact. For each
+sub-space j, one table holds the distance from the query's sub-vector j to all
+``2**nbits`` centroids. The distance to a stored vector is then ``m`` table
+look-ups and additions instead of ``dim`` multiply-adds:
+``||q - x_hat||^2 = sum_j table[j, code_j]``.
+
+**IVF-PQ** first files vectors into IVF lists (``ivf.py``), then encodes the
+*residual* ``x - centroid`` with PQ. Residuals are small and similar across
+lists, so the same codebooks quantise them far more finely than raw vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visual_search.index.base import BaseIndex, VectorIndexError, register, topk_smallest
+from visual_search.index.ivf import CoarseQuantizer, scan_probed_lists
+from visual_search.index.kmeans import assign, kmeans
+
+
+def _positive_int(kind: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise VectorIndexError(f"{kind}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class ProductQuantizer:
+    """``m`` codebooks of ``2**nbits`` centroids, one per sub-space of ``dim // m`` numbers.
+
+    Args:
+        dim: vector dimension; must be divisible by ``m``.
+        m: number of sub-quantizers (bytes per vector at nbits=8).
+        nbits: bits per code, 1..8 (codes are stored as uint8).
+        n_iter, seed, max_train_points: for each sub-space's k-means.
+    """
+
+    def __init__(self, dim: int, m: int, nbits: int = 8, n_iter: int = 15, seed: int = 0,
+                 max_train_points: int | None = None) -> None:
+        m, nbits = _positive_int("pq", "m", m), _positive_int("pq", "nbits", nbits)
+        if dim % m:
+            raise VectorIndexError(f"pq: dim={dim} is not divisible by m={m}; pick m among {[d for d in range(1, dim + 1) if dim % d == 0][:12]}...")
+        if nbits > 8:
+            raise VectorIndexError(f"pq: nbits must be at most 8 here (codes are stored as uint8), got {nbits}")
+        self.dim, self.m, self.nbits, self.n_iter, self.seed = dim, m, nbits, n_iter, seed
+        self.dsub, self.ksub = dim // m, 2**nbits
+        self.max_train_points = max_train_points
+        self.codebooks = np.empty((0, self.ksub, self.dsub), np.float32)  # [m, ksub, dsub] once trained
+
+    def _split(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), self.m, self.dsub)
+
+    def train(self, x: np.ndarray) -> None:
+        """Run k-means in every sub-space."""
+        if len(x) < self.ksub:
+            raise VectorIndexError(f"pq: training needs at least 2**nbits={self.ksub} vectors, got {len(x)}")
+        cap = self.max_train_points or 64 * self.ksub
+        parts = self._split(x)
+        self.codebooks = np.stack([
+            kmeans(np.ascontiguousarray(parts[:, j]), self.ksub, n_iter=self.n_iter, seed=self.seed + j, max_points=cap)[0]
+            for j in range(self.m)
+        ])
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """uint8 codes ``[n, m]``: the nearest centroid in each sub-space."""
+        parts = self._split(x)
+        return np.stack([assign(np.ascontiguousarray(parts[:, j]), self.codebooks[j])[0] for j in range(self.m)], axis=1).astype(np.uint8)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """The reconstructions ``x_hat`` (float32 ``[n, dim]``) of the codes."""
+        return self.codebooks[np.arange(self.m), codes.astype(np.int64)].reshape(len(codes), self.dim)
+
+    def tables(self, q: np.ndarray, metric: str) -> np.ndarray:
+        """ADC look-up tables ``[nq, m, ksub]``: squared L2 per sub-space, or minus the sub-space inner product."""
+        parts = self._split(q)  # [nq, m, dsub]
+        products = np.einsum("qmd,mkd->qmk", parts, self.codebooks)
+        if metric == "l2":
+            sq_q = np.einsum("qmd,qmd->qm", parts, parts)[:, :, None]
+            sq_c = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)[None]
+            return np.maximum(sq_q - 2.0 * products + sq_c, 0).astype(np.float32)
+        return (-products).astype(np.float32)
+
+    def adc(self, tables: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Approximate keys ``[nq, n]`` = sum over sub-spaces of ``tables[:, j, codes[:, j]]``."""
+        out = np.zeros((len(tables), len(codes)), np.float32)
+        for j in range(self.m):  # m look-ups + adds per (query, vector): the whole point of PQ
+            out += tables[:, j, codes[:, j]]
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"codebooks": self.codebooks}
+
+
+@register
+class PQIndex(BaseIndex):
+    """Flat PQ: every stored vector is ``m`` bytes; search is ADC against all of them.
+
+    Args:
+        m: sub-quantizers; ``dim`` must be divisible by it.
+        nbits: bits per code (1..8).
+        n_iter, seed, max_train_points: k-means settings for the codebooks
+            (default cap: 64 points per centroid per sub-space).
+    """
+
+    kind = "pq"
+    needs_training = True
+
+    def __init__(self, dim: int, metric: str = "l2", m: int = 8, nbits: int = 8, n_iter: int = 15, seed: int = 0,
+                 max_train_points: int | None = None) -> None:
+        super().__init__(dim, metric)
+        self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
+        self._codes = np.empty((0, self.pq.m), np.uint8)
+
+    def params(self) -> dict:
+        pq = self.pq
+        return {"m": pq.m, "nbits": pq.nbits, "n_iter": pq.n_iter, "seed": pq.seed, "max_train_points": pq.max_train_points}
+
+    def _train(self, x: np.ndarray) -> None:
+        self.pq.train(x)
+
+    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
+        self._codes = np.concatenate([self._codes, self.pq.encode(x)])
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.empty((len(q), k), np.float32)
+        rows = np.empty((len(q), k), np.int64)
+        block = max(1, 4_000_000 // len(self._codes))
+        for start in range(0, len(q), block):
+            part = q[start : start + block]
+            rows[start : start + block], keys[start : start + block] = topk_smallest(self.pq.adc(self.pq.tables(part, self.metric), self._codes), k)
+        return keys, self._rows_to_ids(rows)
+
+    def _remove(self, drop: np.ndarray) -> None:
+        self._codes = self._codes[~drop]
+
+    def _structure_bytes(self) -> int:
+        return self._codes.nbytes + self.pq.codebooks.nbytes
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"codes": self._codes, **self.pq.arrays()}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self._codes, self.pq.codebooks = arrays["codes"], arrays["codebooks"]
+
+
+@register
+class IVFPQIndex(BaseIndex):
+    """IVF coarse quantizer + PQ-encoded residuals (Faiss's ``IVF{nlist},PQ{m}``).
+
+    Args:
+        nlist, nprobe: as for ``"ivf"``.
+        m, nbits: as for ``"pq"``.
+        n_iter, seed, max_train_points: k-means settings (coarse and PQ).
+    """
+
+    kind = "ivfpq"
+    needs_training = True
+
+    def __init__(self, dim: int, metric: str = "l2", nlist: int = 100, nprobe: int = 8, m: int = 8, nbits: int = 8,
+                 n_iter: int = 15, seed: int = 0, max_train_points: int | None = None) -> None:
+        super().__init__(dim, metric)
+        self.nlist, self.nprobe = _positive_int("ivfpq", "nlist", nlist), _positive_int("ivfpq", "nprobe", nprobe)
+        self.n_iter, self.seed, self.max_train_points = n_iter, seed, max_train_points
+        self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
+        self.quantizer: CoarseQuantizer | None = None
+        self._codes = np.empty((0, self.pq.m), np.uint8)
+        self._rows = np.empty(0, np.int64)
+        self._offsets = np.zeros(self.nlist + 1, np.int64)
+
+    def params(self) -> dict:
+        return {"nlist": self.nlist, "nprobe": self.nprobe, "m": self.pq.m, "nbits": self.pq.nbits,
+                "n_iter": self.n_iter, "seed": self.seed, "max_train_points": self.max_train_points}
+
+    def _train(self, x: np.ndarray) -> None:
+        if len(x) < max(self.nlist, self.pq.ksub):
+            raise VectorIndexError(f"ivfpq: training needs at least max(nlist, 2**nbits)={max(self.nlist, self.pq.ksub)} vectors, got {len(x)}")
+        centroids, _ = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=self.max_train_points or 256 * self.nlist)
+        self.quantizer = CoarseQuantizer(centroids, self.metric)
+        self.pq.train(x - centroids[self.quantizer.nearest(x, 1)[:, 0]])
+
+    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
+        new_lists = self.quantizer.nearest(x, 1)[:, 0]
+        lists = np.concatenate([np.repeat(np.arange(self.nlist), np.diff(self._offsets)), new_lists])
+        order = np.argsort(lists, kind="stable")
+        codes = self.pq.encode(x - self.quantizer.centroids[new_lists])
+        self._codes = np.concatenate([self._codes, codes])[order]
+        self._rows = np.concatenate([self._rows, rows])[order]
+        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))])
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
+        centroids = self.quantizer.centroids
+        if self.metric != "l2":  # -q.(c + r) = -q.c + sum_j table_j: one table per query serves every list
+            ip_tables = self.pq.tables(q, self.metric)
+
+        def score(lst: int, who: np.ndarray, lo: int, hi: int) -> np.ndarray:
+            codes = self._codes[lo:hi]
+            if self.metric == "l2":  # ||q - c - r||^2 = ||(q - c) - r||^2: tables on the query's residual
+                return self.pq.adc(self.pq.tables(q[who] - centroids[lst], "l2"), codes)
+            return self.pq.adc(ip_tables[who], codes) - (q[who] @ centroids[lst])[:, None]
+
+        keys, rows = scan_probed_lists(probes, self._offsets, self._rows, k, score)
+        return keys, self._rows_to_ids(rows)
+
+    def _remove(self, drop: np.ndarray) -> None:
+        renumber = np.cumsum(~drop) - 1
+        lists = np.repeat(np.arange(self.nlist), np.diff(self._offsets))
+        keep = ~drop[self._rows]
+        self._codes, self._rows = self._codes[keep], renumber[self._rows[keep]]
+        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists[keep], minlength=self.nlist))])
+
+    def _structure_bytes(self) -> int:
+        centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
+        return self._codes.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
+        return {"centroids": centroids, "codes": self._codes, "rows": self._rows, "offsets": self._offsets, **self.pq.arrays()}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        if len(arrays["centroids"]):
+            self.quantizer = CoarseQuantizer(arrays["centroids"], self.metric)
+        self._codes, self._rows, self._offsets, self.pq.codebooks = arrays["codes"], arrays["rows"], arrays["offsets"], arrays["codebooks"]
