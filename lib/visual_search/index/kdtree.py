@@ -12,11 +12,18 @@ distance to the splitting plane is smaller than the current k-th best
 distance; otherwise the whole subtree is *pruned*. ``search_recursive`` is
 that textbook algorithm, one query at a time, for reading.
 
-``search`` runs the same idea for all queries at once: it computes each
-query's distance to every leaf's bounding box (a lower bound on the distance
-to any point inside), visits leaves in order of that bound, and stops a query
-as soon as the next bound exceeds its k-th best distance (priority search,
-Arya & Mount 1993). Both give the exact answer; the batched one is fast.
+``search`` runs the same branch-and-bound for all queries at once, with no
+Python loop over queries or nodes:
+
+1. descend every query to its home leaf and scan it; its k-th distance is a
+   radius that the true k-th neighbour cannot exceed;
+2. walk the tree top-down, level by level, keeping only the (query, node) pairs
+   whose bounding box lies closer than that radius: whole subtrees are pruned
+   at once;
+3. scan the surviving leaves nearest box first, shrinking each query's radius
+   as better points turn up, so later leaves are often skipped.
+
+Both give the exact answer.
 
 **The curse of dimensionality.** In 2-8 dimensions a query visits a handful of
 leaves. In 784 dimensions every box is close to every query, nothing is
@@ -35,21 +42,29 @@ from visual_search.index.base import StaticIndex, VectorIndexError, register, to
 
 @dataclass
 class KDTree:
-    """The built tree. ``split_dim``/``split_val`` per internal node; ``leaf_rows[j]`` the
-    rows in leaf j, padded with -1; ``box_lo``/``box_hi`` each leaf's bounding box."""
+    """The built tree, stored implicitly: node i has children 2i+1 and 2i+2, and the
+    last ``2**depth`` nodes are the leaves.
+
+    ``split_dim``/``split_val`` per internal node; ``leaf_rows[j]`` the rows in leaf
+    j, padded with -1; ``node_lo``/``node_hi`` every node's bounding box (of the
+    points below it, which is tighter than the cell the splits define)."""
 
     split_dim: np.ndarray  # int64 [n_internal]
     split_val: np.ndarray  # float32 [n_internal]
     leaf_rows: np.ndarray  # int64 [n_leaves, max_leaf]
-    box_lo: np.ndarray  # float32 [n_leaves, dim]
-    box_hi: np.ndarray  # float32 [n_leaves, dim]
+    node_lo: np.ndarray  # float32 [n_internal + n_leaves, dim]
+    node_hi: np.ndarray  # float32 [n_internal + n_leaves, dim]
 
     @property
     def depth(self) -> int:
         return int(np.log2(len(self.leaf_rows)))
 
+    @property
+    def n_internal(self) -> int:
+        return len(self.split_dim)
+
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.split_dim, self.split_val, self.leaf_rows, self.box_lo, self.box_hi))
+        return sum(a.nbytes for a in (self.split_dim, self.split_val, self.leaf_rows, self.node_lo, self.node_hi))
 
 
 def build_kdtree(x: np.ndarray, leaf_size: int) -> KDTree:
@@ -75,52 +90,86 @@ def build_kdtree(x: np.ndarray, leaf_size: int) -> KDTree:
         segments = next_segments
     width = max(end - start for start, end in segments)
     leaf_rows = np.full((len(segments), width), -1, np.int64)
-    box_lo = np.empty((len(segments), x.shape[1]), np.float32)
-    box_hi = np.empty((len(segments), x.shape[1]), np.float32)
+    node_lo = np.empty((2 * len(segments) - 1, x.shape[1]), np.float32)
+    node_hi = np.empty_like(node_lo)
+    first_leaf = len(segments) - 1
     for j, (start, end) in enumerate(segments):
         leaf_rows[j, : end - start] = perm[start:end]
-        box_lo[j], box_hi[j] = x[perm[start:end]].min(axis=0), x[perm[start:end]].max(axis=0)
-    return KDTree(split_dim, split_val, leaf_rows, box_lo, box_hi)
+        node_lo[first_leaf + j], node_hi[first_leaf + j] = x[perm[start:end]].min(axis=0), x[perm[start:end]].max(axis=0)
+    for node in range(first_leaf - 1, -1, -1):  # a parent's box encloses its children's
+        node_lo[node] = np.minimum(node_lo[2 * node + 1], node_lo[2 * node + 2])
+        node_hi[node] = np.maximum(node_hi[2 * node + 1], node_hi[2 * node + 2])
+    return KDTree(split_dim, split_val, leaf_rows, node_lo, node_hi)
 
 
-def box_lower_bounds(q: np.ndarray, tree: KDTree) -> np.ndarray:
-    """Squared distance from each query to each leaf's bounding box, ``[nq, n_leaves]``."""
-    out = np.empty((len(q), len(tree.box_lo)), np.float32)
-    chunk = max(1, 8_000_000 // tree.box_lo.size)
-    for start in range(0, len(q), chunk):
-        part = q[start : start + chunk, None, :]
-        gap = np.maximum(tree.box_lo[None] - part, 0) + np.maximum(part - tree.box_hi[None], 0)
-        out[start : start + chunk] = np.einsum("qld,qld->ql", gap, gap)
-    return out
+def box_gap(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Squared distance from each point ``q[i]`` to the box ``[lo[i], hi[i]]`` (0 inside it):
+    a lower bound on the distance to anything in the box."""
+    gap = np.maximum(lo - q, 0) + np.maximum(q - hi, 0)
+    return np.einsum("ij,ij->i", gap, gap)
 
 
-def priority_search(x_padded: np.ndarray, tree: KDTree, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Exact k-NN for all queries at once; ``x_padded`` is the vectors plus one final row of inf.
+def _merge(best_keys, best_rows, who, keys, rows, k):
+    """Fold new (keys, rows) into the running top-k of queries ``who`` (one row each)."""
+    pos, best_keys[who] = topk_smallest(np.concatenate([best_keys[who], keys], axis=1), k)
+    best_rows[who] = np.take_along_axis(np.concatenate([best_rows[who], rows], axis=1), pos, axis=1)
+
+
+def branch_and_bound(x_padded: np.ndarray, tree: KDTree, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact k-NN for all queries at once (see the module docstring).
+
+    Args:
+        x_padded: the stored vectors plus one final row of inf (what padding rows -1 point at).
+        tree: from ``build_kdtree``.
+        q: float32 ``[nq, dim]``.
+        k: neighbours per query.
 
     Returns:
-        ``(squared distances [nq, k], rows [nq, k], mean leaves visited per query)``, ascending.
+        ``(squared distances [nq, k], rows [nq, k], mean leaves scanned per query)``, ascending.
     """
-    bounds = box_lower_bounds(q, tree)
-    visit = np.argsort(bounds, axis=1, kind="stable")  # each query's leaves, nearest box first
-    best_keys = np.full((len(q), k), np.inf, np.float32)
-    best_rows = np.full((len(q), k), -1, np.int64)
-    active = np.arange(len(q))
-    visits = 0
-    for step in range(visit.shape[1]):
-        leaf = visit[active, step]
-        # Prune: a leaf whose box is no closer than the current k-th best cannot improve it.
-        keep = bounds[active, leaf] < best_keys[active, -1]
-        active, leaf = active[keep], leaf[keep]
-        if not len(active):
-            break
-        visits += len(active)
-        rows = tree.leaf_rows[leaf]  # [na, leaf_size], -1 = padding -> the inf row
-        diff = x_padded[rows] - q[active, None, :]
-        keys = np.concatenate([best_keys[active], np.einsum("ald,ald->al", diff, diff)], axis=1)
-        cand = np.concatenate([best_rows[active], rows], axis=1)
-        pos, best_keys[active] = topk_smallest(keys, k)
-        best_rows[active] = np.take_along_axis(cand, pos, axis=1)
-    return best_keys, best_rows, visits / max(len(q), 1)
+    nq, everyone = len(q), np.arange(len(q))
+    best_keys = np.full((nq, k), np.inf, np.float32)
+    best_rows = np.full((nq, k), -1, np.int64)
+
+    def scan(who: np.ndarray, leaves: np.ndarray) -> None:
+        """Scan leaves ``[len(who), m]`` (-1 = skip) for queries ``who`` and fold in the results."""
+        rows = tree.leaf_rows[leaves]  # [len(who), m, leaf width]; -1 = padding -> the inf row
+        rows[leaves < 0] = -1
+        rows = rows.reshape(len(who), -1)
+        diff = x_padded[rows] - q[who, None, :]
+        _merge(best_keys, best_rows, who, np.einsum("ald,ald->al", diff, diff), rows, k)
+
+    # 1. Descend to the home leaf and scan it: the first radius.
+    node = np.zeros(nq, np.int64)
+    for _ in range(tree.depth):
+        node = 2 * node + 1 + (q[everyone, tree.split_dim[node]] >= tree.split_val[node])
+    home = node - tree.n_internal
+    scan(everyone, home[:, None])
+    # 2. Top-down pruning: keep (query, node) pairs whose box is closer than the radius.
+    who, node = everyone, np.zeros(nq, np.int64)
+    for _ in range(tree.depth):
+        who, node = np.repeat(who, 2), (2 * np.repeat(node, 2) + 1) + np.tile([0, 1], len(node))
+        bound = box_gap(q[who], tree.node_lo[node], tree.node_hi[node])
+        keep = bound < best_keys[who, -1]
+        who, node = who[keep], node[keep]
+    leaf = node - tree.n_internal
+    other = leaf != home[who]
+    who, leaf = who[other], leaf[other]
+    # 3. Scan the survivors in rounds: round r scans each query's r-th nearest surviving box,
+    #    unless the query's radius has shrunk below that box's bound in the meantime.
+    bound = box_gap(q[who], tree.node_lo[node[other]], tree.node_hi[node[other]])
+    order = np.lexsort((bound, who))
+    who, leaf, bound = who[order], leaf[order], bound[order]
+    starts = np.searchsorted(who, everyone)
+    counts = np.searchsorted(who, everyone, side="right") - starts
+    scanned = nq
+    for r in range(int(counts.max(initial=0))):
+        pick = starts[counts > r] + r
+        pick = pick[bound[pick] < best_keys[who[pick], -1]]
+        if len(pick):
+            scan(who[pick], leaf[pick, None])
+            scanned += len(pick)
+    return best_keys, best_rows, scanned / max(nq, 1)
 
 
 @register
@@ -153,7 +202,7 @@ class KDTreeIndex(StaticIndex):
 
     def _query(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         tree, padded = self._built
-        keys, rows, self.leaves_visited = priority_search(padded, tree, q, k)
+        keys, rows, self.leaves_visited = branch_and_bound(padded, tree, q, k)
         return self._l2_to_keys(keys), rows
 
     def _structure_bytes(self) -> int:
