@@ -8,6 +8,10 @@ the ideal ranking (each metric's ceiling) on the graded evaluation set,
 measured side by side in one run: every offline metric, and nDCG@k for k from
 1 to 100. Later chapters add their encoders and indexes here.
 
+``ann``: nearest-neighbour indexes (exact, KD-tree, LSH, IVF, PQ, IVF-PQ, and
+Faiss, Annoy and scikit-learn): recall@10, queries/s, build time and memory;
+see ``visual_search.bench_ann``.
+
 ``encoders``: raw pixels, a random CNN, the committed SimCLR CNN, that CNN
 fine-tuned on simulated clicks, and a supervised CNN (the ceiling): retrieval on
 10,000 test queries against the 60,000 train images, the graded set, and
@@ -275,14 +279,24 @@ def encoders(seed: int = 0) -> dict:
     return out
 
 
-BENCHMARKS = {"baseline": baseline, "encoders": encoders}
+def ann(seed: int = 0) -> dict:
+    """Nearest-neighbour search: see ``visual_search.bench_ann``."""
+    from visual_search.bench_ann import ann as run_ann
+
+    return run_ann(seed=seed)
+
+
+BENCHMARKS = {"baseline": baseline, "encoders": encoders, "ann": ann}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", help=f"benchmarks to run, from {list(BENCHMARKS)} (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast", action="store_true", help="small data and few steps (what CI runs); outputs go to build/")
     args = parser.parse_args(argv)
+    if args.fast:
+        os.environ["VISUAL_SEARCH_FAST"] = "1"
     unknown = sorted(set(args.which) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")

@@ -69,6 +69,12 @@ class FaissIndex(BaseIndex):
     def params(self) -> dict:
         return {"factory": self.factory, "search_params": self.search_params}
 
+    def set_search_params(self, **params: Any) -> "FaissIndex":
+        """Change run-time knobs (``nprobe``, ``efSearch``, ...) without rebuilding. Returns ``self``."""
+        self.search_params.update(params)
+        self._apply_search_params()
+        return self
+
     @property
     def faiss_index(self):
         """The underlying Faiss index, for anything this wrapper does not expose."""
@@ -190,7 +196,8 @@ class _SklearnTree(StaticIndex):
 
     def _structure_bytes(self) -> int:
         self.build()
-        return self._vectors.nbytes + sum(a.nbytes for a in self._built.get_arrays())
+        tree = sum(a.nbytes for a in self._built.get_arrays()) if self._built is not None else 0
+        return self._vectors.nbytes + tree
 
 
 @register

@@ -18,6 +18,13 @@ look-ups and additions instead of ``dim`` multiply-adds:
 **IVF-PQ** first files vectors into IVF lists (``ivf.py``), then encodes the
 *residual* ``x - centroid`` with PQ. Residuals are small and similar across
 lists, so the same codebooks quantise them far more finely than raw vectors.
+
+**Precomputed tables** (as in Faiss). With residual r and list centroid c,
+``||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r``. The middle term
+depends only on the list and the code, so it is tabulated once after
+training (``nlist x m x 2**nbits`` numbers); the last term needs one table per
+query, shared by every list it probes. Scoring a list is then table additions
+and look-ups, with no per-(query, list) arithmetic on sub-vectors.
 """
 
 from __future__ import annotations
@@ -176,6 +183,7 @@ class IVFPQIndex(BaseIndex):
         self._codes = np.empty((0, self.pq.m), np.uint8)
         self._rows = np.empty(0, np.int64)
         self._offsets = np.zeros(self.nlist + 1, np.int64)
+        self._list_tables: np.ndarray | None = None
 
     def params(self) -> dict:
         return {"nlist": self.nlist, "nprobe": self.nprobe, "m": self.pq.m, "nbits": self.pq.nbits,
@@ -187,6 +195,16 @@ class IVFPQIndex(BaseIndex):
         centroids, _ = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=self.max_train_points or 256 * self.nlist)
         self.quantizer = CoarseQuantizer(centroids, self.metric)
         self.pq.train(x - centroids[self.quantizer.nearest(x, 1)[:, 0]])
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """``_list_tables[l, j, c] = ||codeword_jc||^2 + 2 centroid_l[j] . codeword_jc`` (l2 only)."""
+        if self.metric != "l2" or self.quantizer is None:
+            self._list_tables = None
+            return
+        books = self.pq.codebooks  # [m, ksub, dsub]
+        parts = self.quantizer.centroids.reshape(self.nlist, self.pq.m, self.pq.dsub)
+        self._list_tables = (np.einsum("mkd,mkd->mk", books, books)[None] + 2 * np.einsum("lmd,mkd->lmk", parts, books)).astype(np.float32)
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         new_lists = self.quantizer.nearest(x, 1)[:, 0]
@@ -200,14 +218,18 @@ class IVFPQIndex(BaseIndex):
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
         centroids = self.quantizer.centroids
-        if self.metric != "l2":  # -q.(c + r) = -q.c + sum_j table_j: one table per query serves every list
-            ip_tables = self.pq.tables(q, self.metric)
+        # The query's own table, shared by all the lists it probes: -2 q.r for l2, -q.r for ip.
+        query_tables = self.pq.tables(q, "ip") * (2.0 if self.metric == "l2" else 1.0)
+        q_dot_c = q @ centroids.T  # [nq, nlist]
+        q_sq = np.einsum("ij,ij->i", q, q)
+        c_sq = np.einsum("ij,ij->i", centroids, centroids)
 
         def score(lst: int, who: np.ndarray, lo: int, hi: int) -> np.ndarray:
             codes = self._codes[lo:hi]
-            if self.metric == "l2":  # ||q - c - r||^2 = ||(q - c) - r||^2: tables on the query's residual
-                return self.pq.adc(self.pq.tables(q[who] - centroids[lst], "l2"), codes)
-            return self.pq.adc(ip_tables[who], codes) - (q[who] @ centroids[lst])[:, None]
+            if self.metric == "l2":  # ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
+                base = q_sq[who] - 2 * q_dot_c[who, lst] + c_sq[lst]
+                return self.pq.adc(query_tables[who] + self._list_tables[lst], codes) + base[:, None]
+            return self.pq.adc(query_tables[who], codes) - q_dot_c[who, lst][:, None]  # -q.c - q.r
 
         keys, rows = scan_probed_lists(probes, self._offsets, self._rows, k, score)
         return keys, self._rows_to_ids(rows)
@@ -221,7 +243,8 @@ class IVFPQIndex(BaseIndex):
 
     def _structure_bytes(self) -> int:
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
-        return self._codes.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes
+        tables = self._list_tables.nbytes if self._list_tables is not None else 0
+        return self._codes.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes + tables
 
     def _arrays(self) -> dict[str, np.ndarray]:
         centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
@@ -231,3 +254,4 @@ class IVFPQIndex(BaseIndex):
         if len(arrays["centroids"]):
             self.quantizer = CoarseQuantizer(arrays["centroids"], self.metric)
         self._codes, self._rows, self._offsets, self.pq.codebooks = arrays["codes"], arrays["rows"], arrays["offsets"], arrays["codebooks"]
+        self._precompute()
