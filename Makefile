@@ -12,7 +12,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
-	@echo "make bench     every benchmark (baseline, encoders) -> results/*.json, figures/*.png"
+	@echo "make bench     every benchmark (baseline, encoders, ann) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make data      fetch Fashion-MNIST (Debian package when root, else torchvision's download)"

@@ -19,12 +19,12 @@ look-ups and additions instead of ``dim`` multiply-adds:
 *residual* ``x - centroid`` with PQ. Residuals are small and similar across
 lists, so the same codebooks quantise them far more finely than raw vectors.
 
-**Precomputed tables** (as in Faiss). With residual r and list centroid c,
+**Precomputed terms** (as in Faiss). With residual r and list centroid c,
 ``||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r``. The middle term
-depends only on the list and the code, so it is tabulated once after
-training (``nlist x m x 2**nbits`` numbers); the last term needs one table per
-query, shared by every list it probes. Scoring a list is then table additions
-and look-ups, with no per-(query, list) arithmetic on sub-vectors.
+does not involve the query, so it is computed once per stored vector at ``add``
+time (from a ``nlist x m x 2**nbits`` table) and kept as one float; the last term
+needs one table per query, shared by every list it probes. Scoring a list is
+then one scalar per query, one per vector, and m look-ups per pair.
 """
 
 from __future__ import annotations
@@ -183,6 +183,7 @@ class IVFPQIndex(BaseIndex):
         self._codes = np.empty((0, self.pq.m), np.uint8)
         self._rows = np.empty(0, np.int64)
         self._offsets = np.zeros(self.nlist + 1, np.int64)
+        self._terms = np.empty(0, np.float32)  # per stored vector: ||r_hat||^2 + 2 c.r_hat (l2)
         self._list_tables: np.ndarray | None = None
 
     def params(self) -> dict:
@@ -196,6 +197,15 @@ class IVFPQIndex(BaseIndex):
         self.quantizer = CoarseQuantizer(centroids, self.metric)
         self.pq.train(x - centroids[self.quantizer.nearest(x, 1)[:, 0]])
         self._precompute()
+
+    def _code_terms(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Per vector, ``||r_hat||^2 + 2 c.r_hat`` (l2; zeros otherwise): the query-free part of its distance."""
+        if self._list_tables is None:
+            return np.zeros(len(codes), np.float32)
+        out = np.zeros(len(codes), np.float32)
+        for j in range(self.pq.m):
+            out += self._list_tables[lists, j, codes[:, j]]
+        return out
 
     def _precompute(self) -> None:
         """``_list_tables[l, j, c] = ||codeword_jc||^2 + 2 centroid_l[j] . codeword_jc`` (l2 only)."""
@@ -211,11 +221,18 @@ class IVFPQIndex(BaseIndex):
         lists = np.concatenate([np.repeat(np.arange(self.nlist), np.diff(self._offsets)), new_lists])
         order = np.argsort(lists, kind="stable")
         codes = self.pq.encode(x - self.quantizer.centroids[new_lists])
+        terms = self._code_terms(new_lists, codes)
         self._codes = np.concatenate([self._codes, codes])[order]
+        self._terms = np.concatenate([self._terms, terms])[order]
         self._rows = np.concatenate([self._rows, rows])[order]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))])
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # Blocks of queries keep the per-list copies of query tables (queries x m x 2**nbits) cache-sized.
+        parts = [self._search_block(q[s : s + 1024], k) for s in range(0, len(q), 1024)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _search_block(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
         centroids = self.quantizer.centroids
         # The query's own table, shared by all the lists it probes: -2 q.r for l2, -q.r for ip.
@@ -228,7 +245,7 @@ class IVFPQIndex(BaseIndex):
             codes = self._codes[lo:hi]
             if self.metric == "l2":  # ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
                 base = q_sq[who] - 2 * q_dot_c[who, lst] + c_sq[lst]
-                return self.pq.adc(query_tables[who] + self._list_tables[lst], codes) + base[:, None]
+                return self.pq.adc(query_tables[who], codes) + self._terms[lo:hi][None, :] + base[:, None]
             return self.pq.adc(query_tables[who], codes) - q_dot_c[who, lst][:, None]  # -q.c - q.r
 
         keys, rows = scan_probed_lists(probes, self._offsets, self._rows, k, score)
@@ -238,20 +255,21 @@ class IVFPQIndex(BaseIndex):
         renumber = np.cumsum(~drop) - 1
         lists = np.repeat(np.arange(self.nlist), np.diff(self._offsets))
         keep = ~drop[self._rows]
-        self._codes, self._rows = self._codes[keep], renumber[self._rows[keep]]
+        self._codes, self._terms, self._rows = self._codes[keep], self._terms[keep], renumber[self._rows[keep]]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists[keep], minlength=self.nlist))])
 
     def _structure_bytes(self) -> int:
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
         tables = self._list_tables.nbytes if self._list_tables is not None else 0
-        return self._codes.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes + tables
+        return self._codes.nbytes + self._terms.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes + tables
 
     def _arrays(self) -> dict[str, np.ndarray]:
         centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
-        return {"centroids": centroids, "codes": self._codes, "rows": self._rows, "offsets": self._offsets, **self.pq.arrays()}
+        return {"centroids": centroids, "codes": self._codes, "terms": self._terms, "rows": self._rows, "offsets": self._offsets, **self.pq.arrays()}
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         if len(arrays["centroids"]):
             self.quantizer = CoarseQuantizer(arrays["centroids"], self.metric)
         self._codes, self._rows, self._offsets, self.pq.codebooks = arrays["codes"], arrays["rows"], arrays["offsets"], arrays["codebooks"]
+        self._terms = arrays["terms"]
         self._precompute()
