@@ -30,6 +30,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -230,7 +231,7 @@ def plot_pareto(results: dict[str, list[dict]]):
         for i, method in enumerate(names):
             pts = [r for r in rows if r["method"] == method]
             own = pts[0]["own"]
-            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], "-o" if own else "--s", color=f"C{i % 10}",
+            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], "-o" if own else "--s", color=plt.cm.tab20(i % 20),
                     markersize=5 if own else 4, linewidth=2 if own else 1.2, label=method + ("" if own else " [library]"))
         ax.set_yscale("log")
         ax.set_xlabel("recall@10 (vs exact search)")
@@ -264,22 +265,43 @@ def plot_memory(rows: list[dict], dim: int, title: str):
 
 
 def plot_kdtree_dimensions(rows: list[dict]):
-    """Speed-up over exact search, and fraction of leaves scanned, against dimension."""
+    """Speed-up over exact search, and leaves scanned per query, against dimension."""
     fig, (speed, leaves) = plt.subplots(1, 2, figsize=(12, 4))
     dims = [r["dim"] for r in rows]
     speed.plot(dims, [r["kdtree_speedup"] for r in rows], "-o", label="KD-tree (written here)")
     speed.plot(dims, [r["sklearn_speedup"] for r in rows], "--s", label="scikit-learn KD-tree")
     speed.axhline(1, color="k", linewidth=0.8)
     speed.set(xscale="log", yscale="log", xlabel="dimension (PCA of Fashion-MNIST pixels)", ylabel="QPS / exact search QPS (log)",
-              title="KD-tree speed-up over exact search")
-    speed.set_xticks(dims, [str(d) for d in dims])
+              title="KD-tree speed-up over exact search (above 1 = faster)")
     speed.legend()
-    leaves.plot(dims, [100 * r["leaves_visited"] / r["leaves"] for r in rows], "-o")
-    leaves.set(xscale="log", xlabel="dimension", ylabel="% of leaves scanned per query", title="Pruning fails as the dimension grows",
-               ylim=(0, 100))
-    leaves.set_xticks(dims, [str(d) for d in dims])
+    leaves.plot(dims, [r["leaves_visited"] for r in rows], "-o")
+    leaves.set(xscale="log", yscale="log", xlabel="dimension", ylabel="leaves scanned per query (log)",
+               title=f"Pruning weakens: leaves scanned of {rows[0]['leaves']:,}")
+    for ax in (speed, leaves):
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
+
+
+def save_figures(out: dict) -> dict[str, str]:
+    """Draw the three figures from a benchmark result (what ``ann`` wrote); returns their paths."""
+    results = out["results"]
+    first = next(iter(results))
+    figures = {
+        "pareto": save_figure(plot_pareto(results), "bench_ann_pareto"),
+        "memory": save_figure(plot_memory(results[first], out["datasets"][first]["dim"], f"Index memory on {first}"), "bench_ann_memory"),
+        "kdtree_dimensions": save_figure(plot_kdtree_dimensions(out["kdtree_dimensions"]["rows"]), "bench_ann_kdtree_dims"),
+    }
+    plt.close("all")
+    return {k: os.path.relpath(v, config.REPO_ROOT) for k, v in figures.items()}
+
+
+def replot(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Redraw the figures from a saved ``bench_ann.json`` without re-running (or re-timing) anything."""
+    path = path or config.RESULTS_DIR / "bench_ann.json"
+    return save_figures(json.loads(open(path).read()))
 
 
 def ann(seed: int = 0) -> dict:
@@ -328,13 +350,7 @@ def ann(seed: int = 0) -> dict:
         "kdtree_dimensions": {"queries": n_dim_queries, "rows": dims},
         "near_duplicates": dupes,
     }
-    figures = {
-        "pareto": save_figure(plot_pareto(results), "bench_ann_pareto"),
-        "memory": save_figure(plot_memory(results[first], datasets[first][0].shape[1], f"Index memory on {first}"), "bench_ann_memory"),
-        "kdtree_dimensions": save_figure(plot_kdtree_dimensions(dims), "bench_ann_kdtree_dims"),
-    }
-    plt.close("all")
-    out["figures"] = {k: os.path.relpath(v, config.REPO_ROOT) for k, v in figures.items()}
+    out["figures"] = save_figures(out)
     results_dir = config.REPO_ROOT / "build" / "results-fast" if fast else config.RESULTS_DIR
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "bench_ann.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -109,6 +109,23 @@ def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
     return (x / norms).astype(np.float32, copy=False)
 
 
+def stored_form(x: np.ndarray, metric: str) -> np.ndarray:
+    """Rows to store so that one dot product with ``query_form(q)`` is a smaller-is-better key.
+
+    l2: ``[-2x, ||x||^2]``, because ``||q - x||^2 = ||q||^2 + (||x||^2 - 2 q.x)`` and the
+    ``||q||^2`` term is the same for every x (add it back to the k results only).
+    ip and cosine: ``-x``, so the key is minus the similarity.
+    """
+    if metric == "l2":
+        return np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).astype(np.float32)
+    return -x
+
+
+def query_form(q: np.ndarray, metric: str) -> np.ndarray:
+    """The query side of ``stored_form``: ``[q, 1]`` for l2, ``q`` otherwise."""
+    return np.hstack([q, np.ones((len(q), 1), np.float32)]) if metric == "l2" else q
+
+
 def topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the positions and values of the ``k`` smallest keys, sorted ascending.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, register, topk_smallest
+from visual_search.index.base import BaseIndex, query_form, register, stored_form, topk_smallest
 
 #: Scores per block (block_rows x N floats): 16M floats = 64 MB.
 _BLOCK_FLOATS = 16_000_000
@@ -44,23 +44,15 @@ class ExactIndex(BaseIndex):
         # than the transpose of a row-major [N, width] matrix.
         self._matrix_t = np.empty((width, 0), dtype=np.float32)
 
-    def _rows_for(self, x: np.ndarray) -> np.ndarray:
-        if self.metric == "l2":
-            return np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).astype(np.float32)
-        return -x
-
-    def _queries_for(self, q: np.ndarray) -> np.ndarray:
-        return np.hstack([q, np.ones((len(q), 1), np.float32)]) if self.metric == "l2" else q
-
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self._matrix_t = np.concatenate([self._matrix_t, self._rows_for(x).T], axis=1)
+        self._matrix_t = np.concatenate([self._matrix_t, stored_form(x, self.metric).T], axis=1)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = self._matrix_t.shape[1]
         block = max(1, _BLOCK_FLOATS // n)
         keys = np.empty((len(q), k), np.float32)
         rows = np.empty((len(q), k), np.int64)
-        augmented = self._queries_for(q)
+        augmented = query_form(q, self.metric)
         for start in range(0, len(q), block):
             scores = augmented[start : start + block] @ self._matrix_t  # [block, N], one GEMM
             rows[start : start + block], keys[start : start + block] = topk_smallest(scores, k)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, VectorIndexError, register, topk_smallest
+from visual_search.index.base import BaseIndex, VectorIndexError, query_form, register, stored_form, topk_smallest
 from visual_search.index.kmeans import kmeans
 
 
@@ -127,21 +127,16 @@ class IVFIndex(BaseIndex):
         """Vectors per inverted list, int64 ``[nlist]``."""
         return np.diff(self._offsets)
 
-    def _stored_rows(self, x: np.ndarray) -> np.ndarray:
-        if self.metric == "l2":
-            return np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).astype(np.float32)
-        return -x
-
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         lists = np.concatenate([np.repeat(np.arange(self.nlist), self.list_sizes()), self.quantizer.nearest(x, 1)[:, 0]])
         order = np.argsort(lists, kind="stable")  # existing rows stay ahead of new ones within a list
-        self._matrix = np.concatenate([self._matrix, self._stored_rows(x)])[order]
+        self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])[order]
         self._rows = np.concatenate([self._rows, rows])[order]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))])
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
-        augmented = np.hstack([q, np.ones((len(q), 1), np.float32)]) if self.metric == "l2" else q
+        augmented = query_form(q, self.metric)
 
         def score(lst: int, who: np.ndarray, lo: int, hi: int) -> np.ndarray:
             return augmented[who] @ self._matrix[lo:hi].T  # every query probing this list, in one GEMM

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, VectorIndexError, register, topk_smallest
+from visual_search.index.base import BaseIndex, VectorIndexError, query_form, register, stored_form, topk_smallest
 
 def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
     """The bit-flip masks of the ``n_probes`` most promising extra buckets.
@@ -109,8 +109,7 @@ class LSHIndex(BaseIndex):
         return (bits.astype(np.int64) << np.arange(self.n_bits)).sum(axis=-1)
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        stored = np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).astype(np.float32) if self.metric == "l2" else -x
-        self._matrix = np.concatenate([self._matrix, stored])
+        self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])
         new_codes = self.hash(x)
         self._codes = np.concatenate([self._codes, new_codes])
         codes = np.concatenate([self._sorted_codes, new_codes.T], axis=1)
@@ -152,7 +151,7 @@ class LSHIndex(BaseIndex):
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         keys = np.full((len(q), k), np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
-        augmented = np.hstack([q, np.ones((len(q), 1), np.float32)]) if self.metric == "l2" else q
+        augmented = query_form(q, self.metric)
         codes, lo, hi = self._probe_ranges(q)
         self._seen = np.zeros(len(self._matrix), bool)
         n_cand = n_kept = 0
