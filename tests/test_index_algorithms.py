@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visual_search.index import VectorIndexError, build_index
+from visual_search.index import VectorIndexError, build_index, load_index
 from visual_search.index.base import as_float32_matrix, topk_smallest
 from visual_search.index.kdtree import build_kdtree
 from visual_search.index.kmeans import assign, kmeans, kmeans_plus_plus
@@ -288,3 +288,41 @@ def test_minhash_lsh_finds_near_duplicates_that_exact_jaccard_confirms(sample):
         assert all(jaccard(image_tokens(copy), index.tokens[key]) >= 0.8 for key in keys)
     with pytest.raises(VectorIndexError, match="unique"):
         index.add([0], gallery[:1])
+
+
+# ------------------------------------------------------------------ edge cases found in review
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 33])
+def test_kdtree_with_tiny_leaves_never_has_an_empty_leaf(n):
+    x = np.random.default_rng(n).random((n, 2)).astype(np.float32)
+    index = build_index("kdtree", 2, leaf_size=1).add(x)
+    assert ((index.tree.leaf_rows >= 0).sum(axis=1) >= 1).all()
+    D, I = index.search(x, min(3, n))
+    np.testing.assert_array_equal(I[:, 0], np.arange(n))  # every point finds itself
+    with pytest.raises(VectorIndexError, match="k must be a positive integer"):
+        index.search_recursive(x[0], 0)
+
+
+def test_lsh_candidates_work_before_and_after_adding():
+    x = blobs(300, 8)
+    index = build_index("lsh", 8, n_tables=4, n_bits=6, n_probes=2).train(x).add(x[:100])
+    first = index.candidates(x[:5])
+    index.add(x[100:])
+    later = index.candidates(x[:5])
+    assert all(set(a) <= set(b) for a, b in zip(first, later)) and all(len(c) for c in later)
+    assert all(row in cands for row, cands in enumerate(later))  # a stored vector shares its own buckets
+
+
+def test_small_training_caps_and_numpy_parameters(tmp_path):
+    x = blobs(500, 4)
+    index = build_index("ivf", 4, nlist=16, max_train_points=np.int64(5)).train(x).add(x)  # cap below nlist: uses nlist points
+    assert index.params()["max_train_points"] == 5 and type(index.params()["max_train_points"]) is int
+    assert len(load_index(index.save(tmp_path / "ivf.vsi"))) == 500
+    with pytest.raises(VectorIndexError, match="max_train_points must be a positive integer"):
+        build_index("ivf", 4, max_train_points=0)
+
+
+def test_huge_cosine_vectors_are_normalised_not_zeroed():
+    x = np.array([[3e19, 4e19], [1.0, 0.0]], np.float32)
+    index = build_index("exact", 2, "cosine").add(x)
+    D, I = index.search(np.array([[3.0, 4.0]], np.float32), 1)
+    assert I[0, 0] == 0 and D[0, 0] == pytest.approx(1.0, abs=1e-6)

@@ -335,3 +335,25 @@ def test_repr_names_kind_and_size(config, data):
     x, _ = data
     text = repr(filled(config, x))
     assert "dim=16" in text and "n=1000" in text
+
+
+def test_retraining_a_filled_index_is_refused(config, data):
+    x, q = data
+    index = filled(config, x)
+    if not index.needs_training:
+        index.train(x)  # nothing to learn: a no-op, whatever the index holds
+        return
+    D, I = index.search(q, K)
+    with pytest.raises(VectorIndexError, match="already holds 1000 vectors"):
+        index.train(x[::-1] * 2)
+    np.testing.assert_array_equal(index.search(q, K)[1], I)  # nothing changed
+
+
+def test_an_altered_header_is_caught(config, data, tmp_path):
+    x, _ = data
+    path = filled(config, x).save(tmp_path / "index.vsi")
+    blob = path.read_bytes()
+    assert b'"metric": "l2"' in blob
+    (tmp_path / "edited.vsi").write_bytes(blob.replace(b'"metric": "l2"', b'"metric": "ip"'))
+    with pytest.raises(VectorIndexError, match="checksum"):
+        load_index(tmp_path / "edited.vsi")

@@ -42,7 +42,7 @@ METRICS = ("l2", "ip", "cosine")
 MAGIC = b"VSINDEX\x00"
 #: Bumped when the layout changes; files from a newer version are refused.
 FORMAT_VERSION = 1
-_HEADER = len(MAGIC) + 4 + 8  # magic, uint32 version, uint64 header length
+_HEADER = len(MAGIC) + 4 + 8 + 32  # magic, uint32 version, uint64 header length, SHA-256 of the rest
 
 
 class VectorIndexError(ValueError):
@@ -102,11 +102,11 @@ def as_float32_matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
 
 def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
     """L2-normalise each row (for ``metric="cosine"``); a zero row has no direction and is refused."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)  # float64: no overflow for huge values
     if (norms == 0).any():
         row = int(np.flatnonzero(norms[:, 0] == 0)[0])
         raise VectorIndexError(f"{name}: row {row} is the zero vector, which has no cosine similarity to anything")
-    return (x / norms).astype(np.float32, copy=False)
+    return (x / norms).astype(np.float32)
 
 
 def stored_form(x: np.ndarray, metric: str) -> np.ndarray:
@@ -130,9 +130,10 @@ def topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the positions and values of the ``k`` smallest keys, sorted ascending.
 
     Returns:
-        ``(positions int64 [rows, min(k, n)], values [rows, min(k, n)])``; ties go to the smaller position.
+        ``(positions int64 [rows, min(k, n)], values [rows, min(k, n)])``, ascending by value. Equal
+        values may come in either order, and a tie at the k-th place may keep either position.
 
-    Two strategies, same answer:
+    Two strategies, same values:
 
     * small rows: ``argpartition`` finds the k smallest in linear time, and only
       those k are sorted: O(n + k log k) per row instead of O(n log n);
@@ -226,8 +227,17 @@ class BaseIndex:
         """Learn what the structure needs from sample vectors (centroids, codebooks, a mean).
 
         Does nothing for structures that need no training. Returns ``self``.
+
+        Raises:
+            VectorIndexError: bad vectors, or the index already holds vectors (their codes or
+                lists come from the current training; build a new index to re-train).
         """
         x = self._prepare(as_float32_matrix(x, "training vectors", self.dim), "training vectors")
+        if self.needs_training and len(self):
+            raise VectorIndexError(
+                f"the {self.kind!r} index already holds {len(self)} vectors encoded with its current training; "
+                "build a new index to re-train"
+            )
         if self.needs_training:
             if len(x) == 0:
                 raise VectorIndexError("training vectors: got 0 vectors")
@@ -236,7 +246,7 @@ class BaseIndex:
         return self
 
     def add(self, x: Any, ids: Any = None) -> "BaseIndex":
-        """Store vectors under ``ids`` (default: ``len(self), len(self)+1, ...``). Returns ``self``.
+        """Store vectors under ``ids`` (default: consecutive ids after the largest stored one). Returns ``self``.
 
         Raises ``VectorIndexError`` for bad vectors, an untrained index, or ids that are
         negative, repeated within ``ids``, or already stored (nothing is added then).
@@ -391,19 +401,23 @@ def build_index(kind: str, dim: int, metric: str = "l2", **params: Any) -> BaseI
 def write_index_file(path: Path, index: BaseIndex) -> Path:
     """Layout: MAGIC | uint32 version | uint64 header length | JSON header | .npz payload.
 
-    The header records the kind, dim, metric, parameters and the payload's length
-    and SHA-256, so a truncated or altered file is caught before any array is read.
+    The header records the kind, dim, metric, parameters and the payload's length;
+    a SHA-256 of header and payload follows the fixed prefix, so a truncated or
+    altered file (header or arrays) is caught before anything is used.
     """
     arrays = {"ids": index._ids, **{f"state.{k}": v for k, v in index._arrays().items()}}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
-    header = json.dumps({
-        "kind": index.kind, "dim": index.dim, "metric": index.metric, "params": index.params(),
-        "is_trained": index.is_trained, "payload_bytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-    }).encode()
-    blob = MAGIC + np.uint32(FORMAT_VERSION).tobytes() + np.uint64(len(header)).tobytes() + header + payload
+    try:
+        header = json.dumps({
+            "kind": index.kind, "dim": index.dim, "metric": index.metric, "params": index.params(),
+            "is_trained": index.is_trained, "payload_bytes": len(payload),
+        }).encode()
+    except TypeError as err:
+        raise VectorIndexError(f"cannot save {index!r}: a parameter is not JSON-serialisable ({err})") from None
+    digest = hashlib.sha256(header + payload).digest()
+    blob = MAGIC + np.uint32(FORMAT_VERSION).tobytes() + np.uint64(len(header)).tobytes() + digest + header + payload
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -437,6 +451,7 @@ def load_index(path: str | os.PathLike) -> BaseIndex:
     if version > FORMAT_VERSION:
         raise VectorIndexError(f"{path}: written by format version {version}; this library reads up to {FORMAT_VERSION}")
     header_len = int(np.frombuffer(blob, np.uint64, 1, len(MAGIC) + 4)[0])
+    digest = blob[len(MAGIC) + 12 : _HEADER]
     try:
         header = json.loads(blob[_HEADER : _HEADER + header_len])
         expected = _HEADER + header_len + header["payload_bytes"]
@@ -444,9 +459,9 @@ def load_index(path: str | os.PathLike) -> BaseIndex:
         raise VectorIndexError(f"{path}: truncated or corrupt header") from None
     if len(blob) != expected:
         raise VectorIndexError(f"{path}: truncated or padded: {len(blob)} bytes, expected {expected}")
-    payload = blob[_HEADER + header_len :]
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+    if hashlib.sha256(blob[_HEADER:]).digest() != digest:
         raise VectorIndexError(f"{path}: checksum mismatch; the file was altered or damaged")
+    payload = blob[_HEADER + header_len :]
     if header["kind"] not in REGISTRY:
         raise VectorIndexError(f"{path}: index kind {header['kind']!r} is not available here; known: {sorted(REGISTRY)}")
     with np.load(io.BytesIO(payload), allow_pickle=False) as npz:

@@ -1,7 +1,7 @@
 """Exact (linear, brute-force) search: compare the query with every stored vector.
 
-O(N x D) per query, and always right, so it is the reference every approximate
-index is measured against (recall@k = overlap with this index's top k).
+O(N x D) per query, and right up to float32 rounding, so it is the reference every
+approximate index is measured against (recall@k = overlap with this index's top k).
 
 Written for speed without a Python loop over the base vectors:
 
@@ -14,6 +14,11 @@ Written for speed without a Python loop over the base vectors:
   ``-x``, so the product is already "smaller is better".
 * **argpartition, not argsort.** Only the k best of N are sorted.
 * **Blocks of queries** keep the ``[block, N]`` score matrix near 64 MB.
+
+The price of the expansion (Faiss pays it too): for data far from the origin,
+``||x||^2`` is much larger than ``||q - x||^2``, and float32 cancellation can blur
+the order of very close neighbours. Centre such data (subtract the mean) first;
+normalised embeddings and [0, 1] pixels are fine.
 """
 
 from __future__ import annotations

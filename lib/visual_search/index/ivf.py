@@ -104,8 +104,10 @@ class IVFIndex(BaseIndex):
         for name, value in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise VectorIndexError(f"ivf: {name} must be a positive integer, got {value!r}")
+        if max_train_points is not None and (isinstance(max_train_points, bool) or not isinstance(max_train_points, (int, np.integer)) or max_train_points < 1):
+            raise VectorIndexError(f"ivf: max_train_points must be a positive integer or None, got {max_train_points!r}")
         self.nlist, self.nprobe, self.n_iter, self.seed = int(nlist), int(nprobe), int(n_iter), int(seed)
-        self.max_train_points = max_train_points
+        self.max_train_points = None if max_train_points is None else int(max_train_points)
         self.quantizer: CoarseQuantizer | None = None
         width = dim + 1 if metric == "l2" else dim
         self._matrix = np.empty((0, width), np.float32)

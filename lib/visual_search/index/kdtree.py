@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visual_search.index.base import StaticIndex, VectorIndexError, register, topk_smallest
+from visual_search.index.base import StaticIndex, VectorIndexError, as_float32_matrix, register, topk_smallest
 
 
 @dataclass
@@ -70,7 +70,8 @@ class KDTree:
 def build_kdtree(x: np.ndarray, leaf_size: int) -> KDTree:
     """Median-split KD-tree over the rows of ``x`` (see the module docstring)."""
     n = len(x)
-    depth = max(0, int(np.ceil(np.log2(max(n, 1) / leaf_size))))
+    # Enough levels for leaves of at most leaf_size points, but never more leaves than points.
+    depth = max(0, min(int(np.ceil(np.log2(max(n, 1) / leaf_size))), int(np.floor(np.log2(max(n, 1))))))
     perm = np.arange(n)
     segments = [(0, n)]  # node order: level by level, left to right
     split_dim = np.zeros(2**depth - 1, np.int64)
@@ -177,8 +178,9 @@ class KDTreeIndex(StaticIndex):
     """Hand-written exact KD-tree (median splits, pruned search). Metrics: l2, cosine.
 
     Args:
-        leaf_size: at most this many points per leaf. Small leaves prune more
-            finely but cost more bound computations; 16-64 is typical.
+        leaf_size: at most this many points per leaf (with leaf_size=1, some leaves hold 2,
+            because no leaf may be empty). Small leaves prune more finely but cost more
+            bound computations; 16-64 is typical.
     """
 
     kind = "kdtree"
@@ -202,8 +204,14 @@ class KDTreeIndex(StaticIndex):
 
     def _query(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         tree, padded = self._built
-        keys, rows, self.leaves_visited = branch_and_bound(padded, tree, q, k)
-        return self._l2_to_keys(keys), rows
+        keys, rows, visits = [], [], 0.0
+        for start in range(0, len(q), 1024):  # blocks bound the [queries, leaf, dim] temporaries
+            part_keys, part_rows, part_visits = branch_and_bound(padded, tree, q[start : start + 1024], k)
+            keys.append(part_keys)
+            rows.append(part_rows)
+            visits += part_visits * len(part_keys)
+        self.leaves_visited = visits / len(q)
+        return self._l2_to_keys(np.concatenate(keys)), np.concatenate(rows)
 
     def _structure_bytes(self) -> int:
         self.build()
@@ -223,7 +231,9 @@ class KDTreeIndex(StaticIndex):
         Returns:
             ``(squared distances, ids, leaves visited)``, nearest first.
         """
-        query = self._prepare(np.asarray(query, np.float32).reshape(1, -1), "query")[0]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise VectorIndexError(f"k must be a positive integer, got {k!r}")
+        query = self._prepare(as_float32_matrix(np.asarray(query).reshape(1, -1), "query", self.dim), "query")[0]
         tree = self.tree
         n_internal = len(tree.split_dim)
         heap: list[tuple[float, int]] = []  # max-heap of (-distance, row), at most k items

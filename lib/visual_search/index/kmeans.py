@@ -90,8 +90,8 @@ def kmeans(
     if len(x) < k:
         raise ValueError(f"k-means needs at least k={k} points, got {len(x)}")
     rng = np.random.default_rng(seed)
-    if max_points is not None and len(x) > max_points:
-        x = x[np.sort(rng.choice(len(x), max_points, replace=False))]
+    if max_points is not None and len(x) > max(max_points, k):  # never fewer points than centroids
+        x = x[np.sort(rng.choice(len(x), max(max_points, k), replace=False))]
     x = np.ascontiguousarray(x, dtype=np.float32)
     centroids = kmeans_plus_plus(x, k, rng)
     history: list[float] = []

@@ -35,7 +35,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, VectorIndexError, query_form, register, stored_form, topk_smallest
+from visual_search.index.base import (
+    BaseIndex,
+    VectorIndexError,
+    as_float32_matrix,
+    query_form,
+    register,
+    stored_form,
+    topk_smallest,
+)
 
 def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
     """The bit-flip masks of the ``n_probes`` most promising extra buckets.
@@ -134,7 +142,9 @@ class LSHIndex(BaseIndex):
 
     def candidates(self, q: np.ndarray) -> list[np.ndarray]:
         """For each query, the distinct rows sharing at least one probed bucket (before any filter)."""
+        q = self._prepare(as_float32_matrix(q, "queries", self.dim), "queries")
         _, lo, hi = self._probe_ranges(q)
+        self._seen = np.zeros(len(self._matrix), bool)
         return [self._union(a, b) for a, b in zip(lo, hi)]
 
     def _union(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

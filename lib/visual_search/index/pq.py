@@ -59,7 +59,10 @@ class ProductQuantizer:
             raise VectorIndexError(f"pq: dim={dim} is not divisible by m={m}; pick m among {[d for d in range(1, dim + 1) if dim % d == 0][:12]}...")
         if nbits > 8:
             raise VectorIndexError(f"pq: nbits must be at most 8 here (codes are stored as uint8), got {nbits}")
-        self.dim, self.m, self.nbits, self.n_iter, self.seed = dim, m, nbits, n_iter, seed
+        if max_train_points is not None:
+            max_train_points = _positive_int("pq", "max_train_points", max_train_points)
+        self.dim, self.m, self.nbits = dim, m, nbits
+        self.n_iter, self.seed = _positive_int("pq", "n_iter", n_iter), int(seed)
         self.dsub, self.ksub = dim // m, 2**nbits
         self.max_train_points = max_train_points
         self.codebooks = np.empty((0, self.ksub, self.dsub), np.float32)  # [m, ksub, dsub] once trained
@@ -177,8 +180,8 @@ class IVFPQIndex(BaseIndex):
                  n_iter: int = 15, seed: int = 0, max_train_points: int | None = None) -> None:
         super().__init__(dim, metric)
         self.nlist, self.nprobe = _positive_int("ivfpq", "nlist", nlist), _positive_int("ivfpq", "nprobe", nprobe)
-        self.n_iter, self.seed, self.max_train_points = n_iter, seed, max_train_points
         self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
+        self.n_iter, self.seed, self.max_train_points = self.pq.n_iter, self.pq.seed, self.pq.max_train_points
         self.quantizer: CoarseQuantizer | None = None
         self._codes = np.empty((0, self.pq.m), np.uint8)
         self._rows = np.empty(0, np.int64)
