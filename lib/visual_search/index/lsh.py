@@ -96,7 +96,8 @@ class LSHIndex(BaseIndex):
         self._matrix = np.empty((0, width), np.float32)
         self._sorted_codes = np.empty((self.n_tables, 0), np.int64)  # per table: codes, ascending
         self._sorted_rows = np.empty((self.n_tables, 0), np.int64)  # per table: the row of each code
-        self._codes = np.empty((0, self.n_tables), np.int64)  # per row: its code in every table (the sketch)
+        # Per row, all n_tables * n_bits bits packed 64 to a word: the sketch the Hamming filter compares.
+        self._sketch = np.empty((0, -(-self.n_tables * self.n_bits // 64)), np.uint64)
         #: Mean candidates per query in the last search, before and after the Hamming filter.
         self.candidates_per_query, self.reranked_per_query = float("nan"), float("nan")
 
@@ -113,13 +114,22 @@ class LSHIndex(BaseIndex):
         """int64 bucket codes ``[n, n_tables]`` of (already prepared) vectors."""
         return self._pack(self._projections(x) > 0)
 
+    def _sketch_of(self, bits: np.ndarray) -> np.ndarray:
+        """Pack ``[n, n_tables, n_bits]`` booleans into uint64 words ``[n, ceil(n_tables * n_bits / 64)]``."""
+        flat = bits.reshape(len(bits), -1)
+        words = self._sketch.shape[1]
+        padded = np.zeros((len(flat), words * 64), bool)
+        padded[:, : flat.shape[1]] = flat
+        return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
+
     def _pack(self, bits: np.ndarray) -> np.ndarray:
         return (bits.astype(np.int64) << np.arange(self.n_bits)).sum(axis=-1)
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])
-        new_codes = self.hash(x)
-        self._codes = np.concatenate([self._codes, new_codes])
+        bits = self._projections(x) > 0
+        new_codes = self._pack(bits)
+        self._sketch = np.concatenate([self._sketch, self._sketch_of(bits)])
         codes = np.concatenate([self._sorted_codes, new_codes.T], axis=1)
         all_rows = np.concatenate([self._sorted_rows, np.broadcast_to(rows, (self.n_tables, len(rows)))], axis=1)
         order = np.argsort(codes, axis=1, kind="stable")
@@ -127,18 +137,19 @@ class LSHIndex(BaseIndex):
         self._sorted_rows = np.take_along_axis(all_rows, order, axis=1)
 
     def _probe_ranges(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Query codes ``[nq, L]`` and, per query, the ranges ``[lo, hi)`` of every probed bucket
-        in the flattened sorted tables (``[nq, L * (1 + n_probes)]`` each)."""
+        """Query sketches ``[nq, words]`` and, per query, the ranges ``[lo, hi)`` of every probed
+        bucket in the flattened sorted tables (``[nq, L * (1 + n_probes)]`` each)."""
         projections = self._projections(q)
         codes = self._pack(projections > 0)
         probes = codes[..., None] ^ probe_masks(np.abs(projections), self.n_probes)  # [nq, L, 1+p]
+        sketches = self._sketch_of(projections > 0)
         n = self._sorted_codes.shape[1]
         lo = np.empty(probes.shape, np.int64)
         hi = np.empty(probes.shape, np.int64)
         for t in range(self.n_tables):
             lo[:, t] = np.searchsorted(self._sorted_codes[t], probes[:, t], side="left") + t * n
             hi[:, t] = np.searchsorted(self._sorted_codes[t], probes[:, t], side="right") + t * n
-        return codes, lo.reshape(len(q), -1), hi.reshape(len(q), -1)
+        return sketches, lo.reshape(len(q), -1), hi.reshape(len(q), -1)
 
     def candidates(self, q: np.ndarray) -> list[np.ndarray]:
         """For each query, the distinct rows sharing at least one probed bucket (before any filter)."""
@@ -162,19 +173,24 @@ class LSHIndex(BaseIndex):
         keys = np.full((len(q), k), np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         augmented = query_form(q, self.metric)
-        codes, lo, hi = self._probe_ranges(q)
+        sketches, lo, hi = self._probe_ranges(q)
         self._seen = np.zeros(len(self._matrix), bool)
         n_cand = n_kept = 0
+        # Reused buffers for the gathered rows: a fresh megabyte per query would cost page faults.
+        rows_buffer = np.empty((self.rerank or len(self._matrix), self._matrix.shape[1]), np.float32)
+        sketch_buffer = np.empty((len(self._matrix), self._sketch.shape[1]), np.uint64)
         for i in range(len(q)):
             cand = self._union(lo[i], hi[i])
             n_cand += len(cand)
             if self.rerank and len(cand) > self.rerank:  # Hamming filter on the full sketches
-                hamming = np.bitwise_count(self._codes[cand] ^ codes[i]).sum(axis=1, dtype=np.int32)
+                gathered = np.take(self._sketch, cand, axis=0, out=sketch_buffer[: len(cand)])
+                hamming = np.bitwise_count(gathered ^ sketches[i]).sum(axis=1, dtype=np.int32)
                 cand = cand[np.argpartition(hamming, self.rerank - 1)[: self.rerank]]
             n_kept += len(cand)
             if not len(cand):
                 continue
-            scores = self._matrix[cand] @ augmented[i]  # exact re-ranking
+            vectors = np.take(self._matrix, cand, axis=0, out=rows_buffer[: len(cand)])
+            scores = vectors @ augmented[i]  # exact re-ranking
             pos, vals = topk_smallest(scores[None], k)
             keys[i, : pos.shape[1]], rows[i, : pos.shape[1]] = vals[0], cand[pos[0]]
         self.candidates_per_query, self.reranked_per_query = n_cand / len(q), n_kept / len(q)
@@ -189,14 +205,14 @@ class LSHIndex(BaseIndex):
         self._sorted_codes = self._sorted_codes[keep].reshape(self.n_tables, n_keep)
         self._sorted_rows = renumber[self._sorted_rows[keep]].reshape(self.n_tables, n_keep)
         self._matrix = self._matrix[~drop]
-        self._codes = self._codes[~drop]
+        self._sketch = self._sketch[~drop]
 
     def _structure_bytes(self) -> int:
-        return self._matrix.nbytes + self._sorted_codes.nbytes + self._sorted_rows.nbytes + self._codes.nbytes + self.planes.nbytes + self.mean.nbytes
+        return self._matrix.nbytes + self._sorted_codes.nbytes + self._sorted_rows.nbytes + self._sketch.nbytes + self.planes.nbytes + self.mean.nbytes
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "matrix": self._matrix, "sorted_codes": self._sorted_codes, "sorted_rows": self._sorted_rows, "codes": self._codes}
+        return {"mean": self.mean, "matrix": self._matrix, "sorted_codes": self._sorted_codes, "sorted_rows": self._sorted_rows, "sketch": self._sketch}
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self.mean, self._matrix = arrays["mean"], arrays["matrix"]
-        self._sorted_codes, self._sorted_rows, self._codes = arrays["sorted_codes"], arrays["sorted_rows"], arrays["codes"]
+        self._sorted_codes, self._sorted_rows, self._sketch = arrays["sorted_codes"], arrays["sorted_rows"], arrays["sketch"]
