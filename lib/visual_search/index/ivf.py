@@ -48,6 +48,35 @@ class CoarseQuantizer:
         return out
 
 
+def insert_into_lists(offsets: np.ndarray, new_lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where new entries go in a list-by-list layout.
+
+    Args:
+        offsets: int64 ``[nlist + 1]``, the current layout (list l is ``offsets[l]:offsets[l+1]``).
+        new_lists: the list of each new entry.
+
+    Returns:
+        ``(order, new_offsets)``: apply ``np.concatenate([old, new])[order]`` to every per-entry
+        array; existing entries stay ahead of new ones within a list.
+    """
+    nlist = len(offsets) - 1
+    lists = np.concatenate([np.repeat(np.arange(nlist), np.diff(offsets)), new_lists])
+    return np.argsort(lists, kind="stable"), np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=nlist))])
+
+
+def remove_from_lists(offsets: np.ndarray, rows: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop the entries whose row is marked in ``drop``, and renumber the surviving rows 0..n-1.
+
+    Returns:
+        ``(keep mask over entries, renumbered rows of the kept entries, new offsets)``.
+    """
+    nlist = len(offsets) - 1
+    lists = np.repeat(np.arange(nlist), np.diff(offsets))
+    keep = ~drop[rows]
+    renumber = np.cumsum(~drop) - 1
+    return keep, renumber[rows[keep]], np.concatenate([[0], np.cumsum(np.bincount(lists[keep], minlength=nlist))])
+
+
 def scan_probed_lists(probes: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int, score) -> tuple[np.ndarray, np.ndarray]:
     """Scan the probed inverted lists, batched by list, and merge each query's k best.
 
@@ -130,11 +159,9 @@ class IVFIndex(BaseIndex):
         return np.diff(self._offsets)
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        lists = np.concatenate([np.repeat(np.arange(self.nlist), self.list_sizes()), self.quantizer.nearest(x, 1)[:, 0]])
-        order = np.argsort(lists, kind="stable")  # existing rows stay ahead of new ones within a list
+        order, self._offsets = insert_into_lists(self._offsets, self.quantizer.nearest(x, 1)[:, 0])
         self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])[order]
         self._rows = np.concatenate([self._rows, rows])[order]
-        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))])
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
@@ -149,11 +176,8 @@ class IVFIndex(BaseIndex):
         return keys, self._rows_to_ids(rows)
 
     def _remove(self, drop: np.ndarray) -> None:
-        renumber = np.cumsum(~drop) - 1
-        lists = np.repeat(np.arange(self.nlist), self.list_sizes())
-        keep = ~drop[self._rows]
-        self._matrix, self._rows = self._matrix[keep], renumber[self._rows[keep]]
-        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists[keep], minlength=self.nlist))])
+        keep, self._rows, self._offsets = remove_from_lists(self._offsets, self._rows, drop)
+        self._matrix = self._matrix[keep]
 
     def _structure_bytes(self) -> int:
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0

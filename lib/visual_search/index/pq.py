@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from visual_search.index.base import BaseIndex, VectorIndexError, register, topk_smallest
-from visual_search.index.ivf import CoarseQuantizer, scan_probed_lists
+from visual_search.index.ivf import CoarseQuantizer, insert_into_lists, remove_from_lists, scan_probed_lists
 from visual_search.index.kmeans import assign, kmeans
 
 
@@ -221,14 +221,12 @@ class IVFPQIndex(BaseIndex):
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         new_lists = self.quantizer.nearest(x, 1)[:, 0]
-        lists = np.concatenate([np.repeat(np.arange(self.nlist), np.diff(self._offsets)), new_lists])
-        order = np.argsort(lists, kind="stable")
         codes = self.pq.encode(x - self.quantizer.centroids[new_lists])
         terms = self._code_terms(new_lists, codes)
+        order, self._offsets = insert_into_lists(self._offsets, new_lists)
         self._codes = np.concatenate([self._codes, codes])[order]
         self._terms = np.concatenate([self._terms, terms])[order]
         self._rows = np.concatenate([self._rows, rows])[order]
-        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))])
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         # Blocks of queries keep the per-list copies of query tables (queries x m x 2**nbits) cache-sized.
@@ -255,11 +253,8 @@ class IVFPQIndex(BaseIndex):
         return keys, self._rows_to_ids(rows)
 
     def _remove(self, drop: np.ndarray) -> None:
-        renumber = np.cumsum(~drop) - 1
-        lists = np.repeat(np.arange(self.nlist), np.diff(self._offsets))
-        keep = ~drop[self._rows]
-        self._codes, self._terms, self._rows = self._codes[keep], self._terms[keep], renumber[self._rows[keep]]
-        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(lists[keep], minlength=self.nlist))])
+        keep, self._rows, self._offsets = remove_from_lists(self._offsets, self._rows, drop)
+        self._codes, self._terms = self._codes[keep], self._terms[keep]
 
     def _structure_bytes(self) -> int:
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
