@@ -76,7 +76,3 @@ class ExactIndex(BaseIndex):
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self._matrix_t = arrays["matrix_t"]
-
-    def reconstruct(self) -> np.ndarray:
-        """The stored vectors, ``[n, dim]`` float32, in row order (after normalisation for cosine)."""
-        return np.ascontiguousarray((-0.5 * self._matrix_t[:-1] if self.metric == "l2" else -self._matrix_t).T)

@@ -110,10 +110,6 @@ class LSHIndex(BaseIndex):
     def _projections(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) @ self.planes.T).reshape(len(x), self.n_tables, self.n_bits)
 
-    def hash(self, x: np.ndarray) -> np.ndarray:
-        """int64 bucket codes ``[n, n_tables]`` of (already prepared) vectors."""
-        return self._pack(self._projections(x) > 0)
-
     def _sketch_of(self, bits: np.ndarray) -> np.ndarray:
         """Pack ``[n, n_tables, n_bits]`` booleans into uint64 words ``[n, ceil(n_tables * n_bits / 64)]``."""
         flat = bits.reshape(len(bits), -1)
@@ -140,9 +136,9 @@ class LSHIndex(BaseIndex):
         """Query sketches ``[nq, words]`` and, per query, the ranges ``[lo, hi)`` of every probed
         bucket in the flattened sorted tables (``[nq, L * (1 + n_probes)]`` each)."""
         projections = self._projections(q)
-        codes = self._pack(projections > 0)
-        probes = codes[..., None] ^ probe_masks(np.abs(projections), self.n_probes)  # [nq, L, 1+p]
-        sketches = self._sketch_of(projections > 0)
+        bits = projections > 0
+        probes = self._pack(bits)[..., None] ^ probe_masks(np.abs(projections), self.n_probes)  # [nq, L, 1+p]
+        sketches = self._sketch_of(bits)
         n = self._sorted_codes.shape[1]
         lo = np.empty(probes.shape, np.int64)
         hi = np.empty(probes.shape, np.int64)
@@ -155,18 +151,19 @@ class LSHIndex(BaseIndex):
         """For each query, the distinct rows sharing at least one probed bucket (before any filter)."""
         q = self._prepare(as_float32_matrix(q, "queries", self.dim), "queries")
         _, lo, hi = self._probe_ranges(q)
-        self._seen = np.zeros(len(self._matrix), bool)
-        return [self._union(a, b) for a, b in zip(lo, hi)]
+        seen = np.zeros(len(self._matrix), bool)
+        return [self._union(a, b, seen) for a, b in zip(lo, hi)]
 
-    def _union(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def _union(self, lo: np.ndarray, hi: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Distinct rows in the ranges ``lo[i]:hi[i]``; ``seen`` is an all-False scratch bitmap of N, left all-False."""
         lengths = hi - lo
         total = int(lengths.sum())
         # Flatten the ranges lo[i]:hi[i] into one index array without a Python loop.
         starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         found = self._sorted_rows.ravel()[starts + np.arange(total)]
-        self._seen[found] = True  # de-duplicate with a bitmap: O(N) but branch-free, faster than np.unique
-        rows = np.flatnonzero(self._seen)
-        self._seen[rows] = False
+        seen[found] = True  # de-duplicate with a bitmap: O(N) but branch-free, faster than np.unique
+        rows = np.flatnonzero(seen)
+        seen[rows] = False
         return rows
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,13 +171,13 @@ class LSHIndex(BaseIndex):
         rows = np.full((len(q), k), -1, np.int64)
         augmented = query_form(q, self.metric)
         sketches, lo, hi = self._probe_ranges(q)
-        self._seen = np.zeros(len(self._matrix), bool)
+        seen = np.zeros(len(self._matrix), bool)
         n_cand = n_kept = 0
         # Reused buffers for the gathered rows: a fresh megabyte per query would cost page faults.
         rows_buffer = np.empty((self.rerank or len(self._matrix), self._matrix.shape[1]), np.float32)
         sketch_buffer = np.empty((len(self._matrix), self._sketch.shape[1]), np.uint64)
         for i in range(len(q)):
-            cand = self._union(lo[i], hi[i])
+            cand = self._union(lo[i], hi[i], seen)
             n_cand += len(cand)
             if self.rerank and len(cand) > self.rerank:  # Hamming filter on the full sketches
                 gathered = np.take(self._sketch, cand, axis=0, out=sketch_buffer[: len(cand)])
