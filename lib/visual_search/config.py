@@ -13,6 +13,8 @@ Environment variables:
     VISUAL_SEARCH_FIGURES: where notebooks and benchmarks save PNGs
         (default: ``<repo>/figures`` in full mode, ``<repo>/build/figures-fast``
         in fast mode, so a fast run never overwrites the committed figures).
+    VISUAL_SEARCH_RESULTS: where benchmarks write their JSON (default:
+        ``<repo>/results`` in full mode, ``<repo>/build/results-fast`` in fast mode).
 """
 
 from __future__ import annotations
@@ -48,5 +50,17 @@ def figures_dir() -> Path:
     """
     default = REPO_ROOT / ("build/figures-fast" if is_fast() else "figures")
     path = Path(os.environ.get("VISUAL_SEARCH_FIGURES", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir() -> Path:
+    """Return the folder benchmark JSON is written to, creating it if needed.
+
+    Full mode writes to ``results/`` (committed); fast mode writes to
+    ``build/results-fast`` so a test or a CI run never overwrites a committed result.
+    """
+    default = REPO_ROOT / "build/results-fast" if is_fast() else RESULTS_DIR
+    path = Path(os.environ.get("VISUAL_SEARCH_RESULTS", default))
     path.mkdir(parents=True, exist_ok=True)
     return path

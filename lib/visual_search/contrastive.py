@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from visual_search import data
+from visual_search.errors import ContrastiveError  # noqa: F401  (re-exported: raised here, importable from here)
 
 
-class ContrastiveError(ValueError):
-    """Bad input to a contrastive loss or data builder: shapes, values, or parameters."""
 
 
 def augment_batch(

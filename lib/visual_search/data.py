@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from visual_search import config
+from visual_search.errors import DataError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: The ten classes, in label order (label 0 is "T-shirt/top").
 CLASS_NAMES: tuple[str, ...] = (
@@ -85,8 +86,6 @@ HOW_TO_GET_DATA = (
 )
 
 
-class DataError(ValueError):
-    """A dataset file is missing, corrupt, or not what it claims to be."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:

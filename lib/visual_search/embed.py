@@ -4,6 +4,9 @@
 size, channels, mean and std), runs it in batches without gradients, and
 returns a float32 ``[N, D]`` array, ready for an index. Offline it embeds the
 whole gallery; online, the embedding service calls it on one query.
+
+``raw_pixel_embeddings(images)`` is the baseline that needs no model: the z-scored
+pixels themselves, flattened and L2-normalised. Every learned encoder must beat it.
 """
 
 from __future__ import annotations
@@ -58,3 +61,15 @@ def embed(encoder: Encoder, images: np.ndarray, batch_size: int = 256, layer: st
     finally:
         encoder.train(was_training)
     return np.concatenate(parts)
+
+
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+    """The raw-pixel baseline: z-score the pixels, flatten them and L2-normalise, float32 ``[N, H*W]``.
+
+    It needs no training, so it is the floor every learned encoder must beat.
+
+    Raises:
+        ImageError: for images that are not uint8 ``[N, H, W]``.
+    """
+    x = preprocess_batch(images).flatten(1)
+    return torch.nn.functional.normalize(x, dim=1).numpy()

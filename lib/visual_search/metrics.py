@@ -38,12 +38,11 @@ import math
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
+from visual_search.errors import MetricError  # noqa: F401  (re-exported: raised here, importable from here)
 
 MIN_GRADE, MAX_GRADE = 0, 5
 
 
-class MetricError(ValueError):
-    """Invalid input to a metric: a bad k, grade, or mismatched query lists."""
 
 
 def _check_k(k: int | None, allow_none: bool = False) -> None:

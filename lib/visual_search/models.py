@@ -35,6 +35,7 @@ from torch import nn
 
 from visual_search import config
 from visual_search.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from visual_search.errors import ModelError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: The committed SimCLR CNN (see README "Benchmarks" for how it was trained).
 CHECKPOINT_PATH = config.REPO_ROOT / "checkpoints" / "simclr_cnn.pt"
@@ -43,8 +44,6 @@ ENCODERS = ("cnn", "resnet18", "resnet50", "vit")
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # the mean of torchvision's per-channel values
 
 
-class ModelError(ValueError):
-    """A bad encoder name or argument, a checkpoint that does not fit, or weights that cannot be had."""
 
 
 LAYERS = ("pooled", "embedding", "head")

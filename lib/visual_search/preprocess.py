@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+from visual_search.errors import ImageError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: Mean and std of the Fashion-MNIST train split's pixels after scaling to [0, 1]
 #: (``compute_mean_std(load_fashion_mnist("train")[0])``; a test re-derives them).
@@ -46,8 +47,6 @@ MODES = ("L", "RGB")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 
 
-class ImageError(ValueError):
-    """An image file or array that cannot be used, with the reason in the message."""
 
 
 def load_image(

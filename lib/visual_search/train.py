@@ -33,10 +33,9 @@ from visual_search.contrastive import augment_batch, nt_xent
 from visual_search.data import Sample, load_fashion_mnist, load_sample
 from visual_search.models import Encoder, build_encoder, save_encoder
 from visual_search.preprocess import preprocess_batch
+from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 
 
-class TrainError(ValueError):
-    """Bad training arguments or a checkpoint that cannot be resumed."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from visual_search.errors import VectorIndexError  # noqa: F401  (re-exported: raised here, importable from here)
 
 METRICS = ("l2", "ip", "cosine")
 #: First bytes of every saved index; anything else is "not an index file".
@@ -45,8 +46,6 @@ FORMAT_VERSION = 1
 _HEADER = len(MAGIC) + 4 + 8 + 32  # magic, uint32 version, uint64 header length, SHA-256 of the rest
 
 
-class VectorIndexError(ValueError):
-    """Bad input to an index (shape, dtype, NaN, ids, k), or a bad index file."""
 
 
 #: kind -> class; filled by ``@register``.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, query_form, register, stored_form, topk_smallest
+from visual_search.index.base import BaseIndex, as_float32_matrix, query_form, register, stored_form, topk_smallest
 
 #: Scores per block (block_rows x N floats): 16M floats = 64 MB.
 _BLOCK_FLOATS = 16_000_000
@@ -76,3 +76,25 @@ class ExactIndex(BaseIndex):
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self._matrix_t = arrays["matrix_t"]
+
+
+def exact_search(queries, base, k: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """One-shot exact k-NN of ``queries`` against ``base``: build an ``ExactIndex``, add, search.
+
+    The library's one exact search, for when there is no index to keep (ranking an
+    evaluation set, a baseline, a ground truth). Ids are row numbers of ``base``;
+    scores follow ``BaseIndex``'s convention, best first, and equal scores go to the
+    lower id.
+
+    Args:
+        queries: float ``[Q, D]``.
+        base: float ``[N, D]``.
+        k: results per query (capped at N).
+        metric: ``"cosine"`` (default), ``"ip"`` (same ranking for unit vectors, without
+            re-normalising) or ``"l2"``.
+
+    Returns:
+        ``(scores float32 [Q, min(k, N)], ids int64 [Q, min(k, N)])``.
+    """
+    base = as_float32_matrix(base, "base")
+    return ExactIndex(base.shape[1], metric).add(base).search(queries, k)
