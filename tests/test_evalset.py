@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from visual_search import bench
 from visual_search import evalset as E
-from visual_search.baseline import SearchError, cosine_rank
+from visual_search import viz
 from visual_search.data import DataError, build_sample
+from visual_search.errors import VectorIndexError
+from visual_search.index.exact import exact_search
 
 from conftest import needs_full_data
 
@@ -54,7 +55,7 @@ def test_subset_is_class_balanced_and_keeps_copies_pointing_at_their_queries(ev)
 
 def test_perfect_ranking_scores_one(ev):
     small = ev.subset(20)
-    ideal = bench.rank_ideally(small)  # copy first, then same class
+    ideal = E.rank_ideally(small)  # copy first, then same class
     scores = E.evaluate_rankings(ideal, small)
     assert scores["MRR"] == scores["P@10"] == scores["nDCG@10"] == 1.0
     # AP divides by ALL relevant items (250), so with 100 results even a perfect list scores 100/250
@@ -71,21 +72,62 @@ def test_evaluate_rankings_checks_shape(ev):
         E.evaluate_rankings(np.zeros((500, 10), dtype=np.int64), ev)  # too short for mAP@100
 
 
-def test_cosine_rank_is_exact_and_validates():
+def _unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_search_ranks_unit_vectors_by_cosine_and_caps_k():
+    """The one exact search the rankings use: metric="ip" on unit rows is cosine, ties to the lower id."""
     rng = np.random.default_rng(0)
-    q = rng.normal(size=(5, 8)).astype(np.float32)
-    g = rng.normal(size=(50, 8)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    g /= np.linalg.norm(g, axis=1, keepdims=True)
-    sims, ids = cosine_rank(q, g, 7)
+    q, g = _unit(rng, 5, 8), _unit(rng, 50, 8)
+    g[7] = g[3]  # a tie: the lower id comes first
+    sims, ids = exact_search(q, g, 7, metric="ip")
     for row in range(5):
-        brute = sorted(range(50), key=lambda j: -float(q[row] @ g[j]))[:7]
+        brute = sorted(range(50), key=lambda j: (-float(q[row] @ g[j]), j))[:7]
         assert ids[row].tolist() == brute
+        np.testing.assert_allclose(sims[row], [q[row] @ g[j] for j in brute], rtol=1e-5, atol=1e-6)
     assert sims.dtype == np.float32 and ids.dtype == np.int64
-    with pytest.raises(SearchError, match="k must be an integer in 1..50"):
-        cosine_rank(q, g, 51)
-    with pytest.raises(SearchError, match="same D"):
-        cosine_rank(q, g[:, :4], 3)
+    np.testing.assert_array_equal(exact_search(q, g, 7, metric="cosine")[1], ids)
+    # k is capped at the gallery size (cosine_rank used to refuse k > G)
+    assert exact_search(q, g, 51, metric="ip")[1].shape == (5, 50)
+
+
+def test_reference_rankings(ev):
+    small = ev.subset(10)
+    rankings = E.rank_all(small, k=100, seed=0)
+    assert list(rankings) == ["random", "raw pixels", E.ORACLE]
+    for ids in rankings.values():
+        assert ids.shape == (10, 100) and ids.dtype.kind == "i"
+        assert all(len(set(row.tolist())) == 100 for row in ids)  # distinct gallery ids
+    np.testing.assert_array_equal(rankings["random"], E.rank_randomly(small, 100, seed=0))
+    assert not np.array_equal(rankings["random"], E.rank_randomly(small, 100, seed=1))
+    assert E.rank_raw_pixels(small, k=len(small.gallery_images) + 5).shape == (10, len(small.gallery_images))  # k capped
+    scores = E.score_rankings(rankings, small)
+    assert set(scores) == set(rankings)
+    assert list(scores[E.ORACLE]["nDCG@k"]) == list(E.NDCG_KS)
+    assert scores[E.ORACLE]["nDCG@10"] == 1.0 and scores["random"]["nDCG@10"] < scores["raw pixels"]["nDCG@10"]
+    fig = viz.plot_scores(scores, "test")
+    assert len(fig.axes) == 2
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_plot_scores_default_oracle_is_the_evalset_oracle():
+    import inspect
+
+    assert inspect.signature(viz.plot_scores).parameters["oracle"].default == E.ORACLE
+
+
+def test_subset_of_the_gallery_keeps_the_copies_and_the_grades(ev):
+    small = ev.subset(20, n_gallery=120)
+    assert len(small) == 20 and len(small.gallery_images) == 120 and small.grades.shape == (20, 120)
+    np.testing.assert_array_equal(small.grades, E.grade_matrix(small.query_labels, small.gallery_labels, small.copy_of))
+    assert (small.grades == 5).sum(axis=1).tolist() == [1] * 20  # every kept query keeps its planted copy
+    assert np.bincount(small.gallery_labels[small.copy_of < 0], minlength=10).min() >= 9  # ordinary items: all classes
+    with pytest.raises(DataError, match="n_gallery must be in 20..2500"):
+        ev.subset(20, n_gallery=19)
 
 
 def test_load_rejects_a_broken_file(tmp_path):
@@ -111,7 +153,7 @@ def test_committed_files_rebuild_identically(sample, ev):
     [(2500, r"id 2500 \(query 0, position 0\) is not a gallery id 0..2499"), (-1, "id -1"), (0.5, "must be integers")],
 )
 def test_evaluate_rankings_rejects_ids_that_are_not_gallery_ids(ev, bad, message):
-    ranked = bench.rank_ideally(ev).astype(type(bad) if isinstance(bad, float) else np.int64)
+    ranked = E.rank_ideally(ev).astype(type(bad) if isinstance(bad, float) else np.int64)
     ranked[0, 0] = bad
     with pytest.raises(DataError, match=message):
         E.evaluate_rankings(ranked, ev)
@@ -135,14 +177,19 @@ def test_building_the_eval_set_leaves_the_global_rng_alone(sample):
 
 
 @pytest.mark.parametrize(
-    "queries, gallery, message",
+    "queries, gallery, k, message",
     [
-        (np.zeros((2, 4), np.float64), np.zeros((3, 4), np.float32), "queries: expected a float32"),
-        (np.zeros((2, 4), np.float32), [[0.0] * 4], "gallery: expected a float32"),
-        (np.full((2, 4), np.nan, np.float32), np.zeros((3, 4), np.float32), "queries: contains NaN"),
-        (np.zeros((2, 4), np.float32), np.zeros((0, 4), np.float32), "empty"),
+        (np.zeros((2, 4), np.float32), np.ones((3, 4), np.float32), -1, "k must be"),
+        (np.zeros((2, 4), np.float32), np.ones((3, 4), np.float32), 1.5, "k must be"),
+        (np.full((2, 4), np.nan, np.float32), np.ones((3, 4), np.float32), 1, "queries: .*NaN"),
+        (np.zeros((2, 4), np.float32), np.full((3, 4), np.inf, np.float32), 1, "base: .*inf"),
+        (np.zeros((2, 4), np.float32), np.ones((3, 2), np.float32), 1, "dimension"),
+        (np.zeros((2, 4), np.float32), np.ones(4, np.float32), 1, "base: expected a 2-D array"),
+        (np.zeros((2, 4), np.float32), np.zeros((0, 4), np.float32), 1, "empty"),
+        ("not an array", np.ones((3, 4), np.float32), 1, "queries: dtype"),
     ],
 )
-def test_cosine_rank_rejects_bad_input(queries, gallery, message):
-    with pytest.raises(SearchError, match=message):
-        cosine_rank(queries, gallery, 1)
+def test_exact_search_rejects_bad_input(queries, gallery, k, message):
+    """Bad input to the rankings' search fails with the index's error, naming what is wrong."""
+    with pytest.raises(VectorIndexError, match=message):
+        exact_search(queries, gallery, k, metric="ip")

@@ -15,6 +15,14 @@ relevant when its grade is at least ``RELEVANT_GRADE`` (3: same class or copy).
 
 ``datasets/build_datasets.py`` builds the file from the committed sample with
 ``build_graded_eval``; ``load_graded_eval`` reads it back.
+
+Reference rankings put every system in context on this set: ``rank_randomly``
+(chance, the floor), ``rank_raw_pixels`` (the baseline that needs no model) and
+``rank_ideally`` (an oracle that sorts by the true grade: each metric's ceiling).
+``rank_all`` runs the three and ``score_rankings`` scores any ``{name: ids}``
+with every offline metric plus an nDCG@k curve; ``viz.plot_scores`` draws the
+result. They read and write no files, so notebook 07 and ``bench baseline`` call
+the same functions.
 """
 
 from __future__ import annotations
@@ -28,11 +36,17 @@ from torchvision.transforms import v2
 
 from visual_search import config, metrics
 from visual_search.data import SUPER_CATEGORY_OF_LABEL, DataError, Sample
+from visual_search.embed import raw_pixel_embeddings
+from visual_search.index.exact import exact_search
 
 GRADE_COPY, GRADE_SAME_CLASS, GRADE_SAME_SUPER_CATEGORY, GRADE_OTHER = 5, 3, 1, 0
 #: Binary metrics count grade >= this as relevant.
 RELEVANT_GRADE = GRADE_SAME_CLASS
 EVAL_PATH = config.DATASETS_DIR / "graded_eval.npz"
+#: The cut-offs of the nDCG@k curve ``score_rankings`` adds.
+NDCG_KS = (1, 2, 3, 5, 10, 20, 50, 100)
+#: The name ``rank_all`` gives the oracle: a reference point (drawn as a line), not a system.
+ORACLE = "ideal (oracle)"
 
 
 @dataclass(frozen=True)
@@ -58,21 +72,42 @@ class GradedEvalSet:
     def __len__(self) -> int:
         return len(self.query_images)
 
-    def subset(self, n_queries: int) -> "GradedEvalSet":
-        """``n_queries`` evenly spaced queries (class-balanced when n is a multiple of 10), full gallery.
+    def subset(self, n_queries: int, n_gallery: int | None = None) -> GradedEvalSet:
+        """``n_queries`` evenly spaced queries (class-balanced when n is a multiple of 10), and the gallery.
 
-        Queries are stored class by class, so we take every (Q / n)-th one. The
-        gallery is unchanged; ``copy_of`` is renumbered to the new query
-        positions (copies of queries left out become -1, ordinary same-class items).
+        Queries are stored class by class, so we take every (Q / n)-th one. ``copy_of``
+        is renumbered to the new query positions (copies of queries left out become -1,
+        ordinary same-class items).
+
+        Args:
+            n_queries: queries to keep, 1..Q.
+            n_gallery: candidates to keep (default: all). The planted copies of the kept
+                queries always stay; the rest are evenly spaced ordinary candidates (the
+                gallery is stored class by class too). A smaller, cheaper set for fast mode.
+
+        Raises:
+            DataError: for counts out of range.
         """
-        if not 1 <= n_queries <= len(self):
-            raise DataError(f"n_queries must be in 1..{len(self)}, got {n_queries}")
+        if isinstance(n_queries, bool) or not isinstance(n_queries, (int, np.integer)) or not 1 <= n_queries <= len(self):
+            raise DataError(f"n_queries must be in 1..{len(self)}, got {n_queries!r}")
         pick = np.linspace(0, len(self) - 1, n_queries).round().astype(np.int64)
         new_position = np.full(len(self), -1, dtype=np.int64)
         new_position[pick] = np.arange(n_queries)
         copy_of = np.where(self.copy_of >= 0, new_position[np.maximum(self.copy_of, 0)], -1)
+        columns = np.arange(len(self.gallery_images))
+        if n_gallery is not None:
+            copies, others = np.flatnonzero(copy_of >= 0), np.flatnonzero(copy_of < 0)
+            if isinstance(n_gallery, bool) or not isinstance(n_gallery, (int, np.integer)) or not len(copies) <= n_gallery <= len(columns):
+                raise DataError(f"n_gallery must be in {len(copies)}..{len(columns)} (the kept queries' copies stay), got {n_gallery!r}")
+            spaced = np.linspace(0, len(others) - 1, n_gallery - len(copies)).round().astype(np.int64)
+            columns = np.sort(np.concatenate([others[spaced], copies]))
         return GradedEvalSet(
-            self.query_images[pick], self.query_labels[pick], self.gallery_images, self.gallery_labels, copy_of, self.grades[pick]
+            self.query_images[pick],
+            self.query_labels[pick],
+            self.gallery_images[columns],
+            self.gallery_labels[columns],
+            copy_of[columns],
+            self.grades[np.ix_(pick, columns)],
         )
 
     def grade_maps(self) -> list[dict[int, int]]:
@@ -160,7 +195,7 @@ def evaluate_rankings(ranked: np.ndarray, evalset: GradedEvalSet, k: int = 10, m
 
     AP divides by every relevant item, so when a query has more than ``map_k``
     relevant candidates (ours have 250) even a perfect ranking scores below 1:
-    ``bench.rank_ideally`` gives each metric's ceiling.
+    ``rank_ideally`` (below) gives each metric's ceiling.
 
     Returns:
         ``{"MRR", f"P@{k}", f"R@{k}", f"mAP@{map_k}", f"nDCG@{k}"}``; binary metrics
@@ -193,3 +228,43 @@ def evaluate_rankings(ranked: np.ndarray, evalset: GradedEvalSet, k: int = 10, m
         f"mAP@{map_k}": metrics.mean_average_precision(lists, relevant, map_k),
         f"nDCG@{k}": metrics.mean_ndcg_at_k(lists, evalset.grade_maps(), k),
     }
+
+
+def rank_raw_pixels(evalset: GradedEvalSet, k: int = 100) -> np.ndarray:
+    """Top-k gallery ids per query by cosine similarity of normalised raw pixels (the baseline).
+
+    ``k`` is capped at the gallery size, like every search in the library.
+    """
+    queries, gallery = raw_pixel_embeddings(evalset.query_images), raw_pixel_embeddings(evalset.gallery_images)
+    return exact_search(queries, gallery, k, metric="ip")[1]  # unit rows: inner product = cosine
+
+
+def rank_randomly(evalset: GradedEvalSet, k: int = 100, seed: int = 0) -> np.ndarray:
+    """k distinct random gallery ids per query: the chance level every method must beat."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(len(evalset.gallery_images))[:k] for _ in range(len(evalset))])
+
+
+def rank_ideally(evalset: GradedEvalSet, k: int = 100) -> np.ndarray:
+    """The oracle: gallery ids sorted by grade (ties by id). Its scores are each metric's ceiling
+    on this set; e.g. mAP@100 cannot reach 1 when a query has more than 100 relevant items."""
+    return np.argsort(-evalset.grades.astype(np.int64), axis=1, kind="stable")[:, :k]
+
+
+def rank_all(evalset: GradedEvalSet, k: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """Rank with every reference method: ``{name: ids [Q, k]}``, floor first, ceiling (``ORACLE``) last."""
+    return {
+        "random": rank_randomly(evalset, k, seed=seed),
+        "raw pixels": rank_raw_pixels(evalset, k),
+        ORACLE: rank_ideally(evalset, k),
+    }
+
+
+def score_rankings(rankings: dict[str, np.ndarray], evalset: GradedEvalSet) -> dict[str, dict]:
+    """Every offline metric per method (``evaluate_rankings``), plus ``"nDCG@k"``: ``{k: mean nDCG@k}`` for ``NDCG_KS``."""
+    grade_maps = evalset.grade_maps()
+    scores = {}
+    for name, ranked in rankings.items():
+        scores[name] = evaluate_rankings(ranked, evalset)
+        scores[name]["nDCG@k"] = {k: metrics.mean_ndcg_at_k(np.asarray(ranked).tolist(), grade_maps, k) for k in NDCG_KS}
+    return scores
