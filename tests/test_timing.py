@@ -22,9 +22,8 @@ def test_timer_measures_its_block():
 
 def test_timed_prints_the_label_even_when_the_block_fails():
     lines = []
-    with pytest.raises(RuntimeError):
-        with timing.timed("step", print_fn=lines.append):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), timing.timed("step", print_fn=lines.append):
+        raise RuntimeError("boom")
     assert len(lines) == 1 and lines[0].startswith("  step: ") and lines[0].endswith(" s")
 
 

@@ -48,11 +48,11 @@ class Timer:
         self.seconds = float("nan")
         self._start = 0.0
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
 
 
@@ -121,4 +121,4 @@ def throughput(fn: Callable[[Any], Any], items: Sized, threads: int | None = 1, 
     return len(items) / best_seconds(lambda: fn(items), repeats=repeats, threads=threads)
 
 
-__all__ = ["Timer", "timed", "limit_threads", "best_seconds", "throughput"]
+__all__ = ["Timer", "best_seconds", "limit_threads", "throughput", "timed"]
