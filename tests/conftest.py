@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 
 os.environ["VISUAL_SEARCH_FAST"] = "1"  # before the library is imported anywhere: small data, nothing written to figures/ or results/
+# One thread for OpenMP (Faiss, torch) and BLAS, in this process and the notebook kernels it starts:
+# `make test` runs two pytest workers on two cores, and more threads than cores only thrash.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 import pytest  # noqa: E402
 
+import faiss  # noqa: E402
+import torch  # noqa: E402
+
 from visual_search import data  # noqa: E402
+
+faiss.omp_set_num_threads(1)
+torch.set_num_threads(1)
 
 
 def _full_data_available() -> bool:

@@ -16,28 +16,30 @@ DIM = 16
 N = 1000
 K = 10
 
-#: (test id, kind, params, minimum recall@10 against exact search on the data below)
+#: (test id, kind, params, minimum recall@10 against exact search on the data below,
+#:  (low, high) bytes per stored vector at dim=16, l2: what each class's docstring documents)
 CONFIGS = [
-    ("exact", "exact", {}, 1.0),
-    ("kdtree", "kdtree", {"leaf_size": 16}, 1.0),
-    ("lsh", "lsh", {"n_tables": 8, "n_bits": 8, "n_probes": 8}, 0.9),
-    ("ivf", "ivf", {"nlist": 16, "nprobe": 6}, 0.9),
-    ("pq", "pq", {"m": 8, "nbits": 8}, 0.6),
-    ("ivfpq", "ivfpq", {"nlist": 8, "nprobe": 4, "m": 8, "nbits": 6}, 0.5),
-    ("faiss-flat", "faiss", {"factory": "Flat"}, 1.0),
-    ("faiss-ivf", "faiss", {"factory": "IVF16,Flat", "search_params": {"nprobe": 6}}, 0.9),
-    ("faiss-ivfpq", "faiss", {"factory": "IVF8,PQ8x6", "search_params": {"nprobe": 4}}, 0.5),
-    ("faiss-hnsw", "faiss", {"factory": "HNSW16", "search_params": {"efSearch": 64}}, 0.9),
-    ("faiss-lsh", "faiss", {"factory": "LSHrt"}, 0.2),
-    ("annoy", "annoy", {"n_trees": 20}, 0.9),
-    ("sklearn-kdtree", "sklearn-kdtree", {}, 1.0),
-    ("sklearn-balltree", "sklearn-balltree", {}, 1.0),
+    ("exact", "exact", {}, 1.0, (76, 76)),  # 4 (dim + 1) + 8
+    ("kdtree", "kdtree", {"leaf_size": 16}, 1.0, (80, 120)),  # 4 dim + 8 + 8 per leaf slot, plus node boxes
+    ("lsh", "lsh", {"n_tables": 8, "n_bits": 8, "n_probes": 8}, 0.9, (212, 212)),  # 4 (dim + 1) + 16 tables + 8 sketch + 8
+    ("ivf", "ivf", {"nlist": 16, "nprobe": 6}, 0.9, (84, 84)),  # 4 (dim + 1) + 8 row + 8 id
+    ("pq", "pq", {"m": 8, "nbits": 8}, 0.6, (16, 16)),  # m + 8
+    ("ivfpq", "ivfpq", {"nlist": 8, "nprobe": 4, "m": 8, "nbits": 6}, 0.5, (28, 28)),  # m + 4 term + 8 row + 8 id
+    ("faiss-flat", "faiss", {"factory": "Flat"}, 1.0, (72, 72)),  # 4 dim + 8 (Faiss's id map)
+    ("faiss-ivf", "faiss", {"factory": "IVF16,Flat", "search_params": {"nprobe": 6}}, 0.9, (72, 72)),
+    # "np": no polysemous training, which is slow and not what these checks are about
+    ("faiss-ivfpq", "faiss", {"factory": "IVF8,PQ8x6np", "search_params": {"nprobe": 4}}, 0.5, (14, 14)),  # 8 x 6 bits + 8
+    ("faiss-hnsw", "faiss", {"factory": "HNSW16", "search_params": {"efSearch": 64}}, 0.9, (200, 260)),  # + 2M links of 4 bytes
+    ("faiss-lsh", "faiss", {"factory": "LSHrt"}, 0.2, (10, 10)),  # dim bits + 8
+    ("annoy", "annoy", {"n_trees": 20}, 0.9, (136, 600)),  # the kept vectors, plus Annoy's items and tree nodes
+    ("sklearn-kdtree", "sklearn-kdtree", {}, 1.0, (144, 260)),  # the kept vectors, scikit-learn's copy and index
+    ("sklearn-balltree", "sklearn-balltree", {}, 1.0, (144, 260)),
 ]
 IDS = [c[0] for c in CONFIGS]
 
 
 def test_every_registered_kind_is_in_the_suite():
-    assert {kind for _, kind, _, _ in CONFIGS} == set(REGISTRY)
+    assert {c[1] for c in CONFIGS} == set(REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,9 @@ def data():
     return x, q
 
 
-def make(config, metric="l2"):
-    _, kind, params, _ = config
-    return build_index(kind, DIM, metric, **params)
+def make(config, metric="l2", **extra):
+    kind, params = config[1], config[2]
+    return build_index(kind, DIM, metric, **{**params, **extra})
 
 
 def filled(config, x, ids=None, metric="l2"):
@@ -220,10 +222,11 @@ def test_k_zero_and_k_larger_than_the_index(config, data):
     assert D.shape == I.shape == (len(q), 0)
     small = make(config).train(x).add(x[:7], ids=np.arange(7) + 50)
     D, I = small.search(q[:3], 12)
-    assert D.shape == I.shape == (3, 12)
-    assert (I[:, 7:] == -1).all() and np.isinf(D[:, 7:]).all() and (D[:, 7:] > 0).all()
-    found = I[:, :7]
-    assert np.isin(found[found >= 0], np.arange(7) + 50).all()
+    assert D.shape == I.shape == (3, 7), "k is capped at the index size"
+    assert np.isin(I[I >= 0], np.arange(7) + 50).all()
+    assert (np.isinf(D) == (I < 0)).all(), "only padding has an infinite score"
+    D, I = small.search(q[:3], 10**18)  # a huge k costs nothing
+    assert D.shape == I.shape == (3, 7)
     for bad_k in (-1, 2.5, True, "3"):
         with pytest.raises(VectorIndexError, match="k must be a non-negative integer"):
             index.search(q, bad_k)
@@ -233,9 +236,19 @@ def test_padding_uses_the_worst_similarity(config, data):
     x, q = data
     if "cosine" not in REGISTRY[config[1]].supported_metrics or config[0] == "faiss-lsh":
         pytest.skip("no similarity metric")
-    small = make(config, "cosine").train(x).add(x[:5])
-    D, I = small.search(q[:2], 8)
-    assert (I[:, 5:] == -1).all() and (D[:, 5:] == -np.inf).all()
+    D, I = make(config, "cosine").train(x).add(x[:5]).search(q[:2], 8)
+    assert D.shape == (2, 5)
+    assert (np.isneginf(D) == (I < 0)).all(), "padding, and only padding, has the worst similarity"
+
+
+@pytest.mark.parametrize("metric, worst", [("l2", np.inf), ("cosine", -np.inf)])
+def test_an_approximate_index_pads_with_minus_one_and_the_worst_score(metric, worst):
+    """IVF probing one list of two vectors cannot find 5 results: the rest is padding."""
+    x = np.array([[1, 0], [1.1, 0.1], [-1, 0], [-1.1, -0.1], [0, 1], [0.1, 1.1]], np.float32)
+    index = build_index("ivf", 2, metric, nlist=3, nprobe=1).train(x).add(x)
+    D, I = index.search(x[:1], 5)
+    assert I.shape == (1, 5) and (I[0, :2] >= 0).all() and (I[0, 2:] == -1).all()
+    assert (D[0, 2:] == worst).all() and np.isfinite(D[0, :2]).all()
 
 
 def test_duplicate_ids_are_refused_and_nothing_is_added(config, data):
@@ -325,10 +338,12 @@ def test_remove(config, data):
         index.remove(np.array([1.5]))
 
 
-def test_memory_grows_with_the_data(config, data):
+def test_memory_grows_by_the_documented_bytes_per_vector(config, data):
     x, _ = data
     small, big = filled(config, x[:300]).memory_bytes(), filled(config, x).memory_bytes()
+    low, high = config[4]
     assert 0 < small < big
+    assert low <= (big - small) / (N - 300) <= high
 
 
 def test_repr_names_kind_and_size(config, data):
@@ -357,3 +372,334 @@ def test_an_altered_header_is_caught(config, data, tmp_path):
     (tmp_path / "edited.vsi").write_bytes(blob.replace(b'"metric": "l2"', b'"metric": "ip"'))
     with pytest.raises(VectorIndexError, match="checksum"):
         load_index(tmp_path / "edited.vsi")
+
+
+# ---- One query at a time, atomic writes, concurrency --------------------------------------
+
+
+def test_a_batch_search_equals_one_query_at_a_time(config, data):
+    """scikit-learn's subset invariance: a query's answer must not depend on its batch."""
+    x, q = data
+    index = filled(config, x)
+    D, I = index.search(q, K)
+    for i in range(len(q)):
+        d, ids = index.search(q[i : i + 1], K)
+        np.testing.assert_array_equal(ids[0], I[i])
+        np.testing.assert_allclose(d[0], D[i], rtol=1e-4, atol=1e-3)  # GEMM and GEMV round differently
+
+
+def _snapshot(index, q):
+    D, I = index.search(q, K)
+    return len(index), index.ids.copy(), index.memory_bytes(), D, I
+
+
+@pytest.mark.parametrize("operation", ["add", "remove"])
+def test_a_failed_write_leaves_the_index_exactly_as_it_was(config, data, monkeypatch, operation):
+    """Inject a failure after all of a write's work is done, just before it would commit."""
+    x, q = data
+    index = filled(config, x[:600])
+    if operation == "remove" and config[0] == "faiss-hnsw":
+        pytest.skip("HNSW cannot remove")
+    before = _snapshot(index, q)
+    cls = type(index)
+    original = getattr(cls, f"_{operation}")
+
+    def failing(self, *args, **kwargs):
+        original(self, *args, **kwargs)  # all the work ...
+        raise RuntimeError("injected failure")  # ... then a failure before the commit
+
+    monkeypatch.setattr(cls, f"_{operation}", failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        index.add(x[600:]) if operation == "add" else index.remove(index.ids[:50])
+    monkeypatch.setattr(cls, f"_{operation}", original)
+    after = _snapshot(index, q)
+    assert after[0] == before[0] and after[2] == before[2]
+    for a, b in zip(after[1:], before[1:]):
+        np.testing.assert_array_equal(a, b)
+    index.add(x[600:])  # and it still works
+    assert len(index) == N
+
+
+def test_eight_threads_search_while_another_adds_and_removes(config, data):
+    """Every concurrent result equals the serial result of a state the index was in during that search."""
+    import threading
+    import time
+
+    x, q = data
+    removable = config[0] != "faiss-hnsw"
+    ops = [("add", slice(400, 550)), ("remove", slice(0, 100)), ("add", slice(550, 700)), ("remove", slice(150, 250)), ("add", slice(700, 850))]
+    if not removable:
+        ops = [op for op in ops if op[0] == "add"]
+    ids = np.arange(N)
+
+    def apply(index, op):
+        kind, part = op
+        if kind == "add":
+            index.add(x[part], ids=ids[part])
+        else:
+            index.remove(ids[part])
+
+    # The serial run: the results of every state the index passes through.
+    serial = filled(config, x[:400], ids=ids[:400])
+    expected = [serial.search(q, K)]
+    for op in ops:
+        apply(serial, op)
+        expected.append(serial.search(q, K))
+
+    index = filled(config, x[:400], ids=ids[:400])
+    version, done, failures, checked = [0], threading.Event(), [], [0]
+    start = threading.Barrier(9)
+
+    def reader():
+        start.wait()
+        for _ in range(200):  # bounded in count ...
+            v0 = version[0]
+            D, I = index.search(q, K)
+            v1 = version[0]
+            if not any(np.array_equal(I, expected[v][1]) and np.allclose(D, expected[v][0], rtol=1e-5, atol=1e-5) for v in range(v0, v1 + 1)):
+                failures.append((v0, v1))
+            checked[0] += 1
+            if done.is_set():  # ... and in time: stop soon after the writer
+                break
+
+    def writer():
+        start.wait()
+        for op in ops:
+            time.sleep(0.01)  # let the readers see every state
+            apply(index, op)
+            version[0] += 1
+        done.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(8)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not failures, f"{len(failures)} of {checked[0]} concurrent searches matched no serial state, e.g. versions {failures[0]}"
+    assert version[0] == len(ops) and checked[0] >= 8
+
+
+# ---- Search parameters with the call, statistics to a callback -----------------------------
+
+
+def test_search_params_apply_to_one_call_only(config, data):
+    x, q = data
+    index = filled(config, x)
+    names = type(index).search_params if config[1] != "faiss" else index.search_params
+    if not names:
+        with pytest.raises(VectorIndexError, match="unknown search parameter"):
+            index.search(q, K, params={"nprobe": 2})
+        return
+    stored = {name: getattr(index, name) for name in names}
+    default = index.search(q, K)
+    name = names[0]
+    value = {"nprobe": 1, "efSearch": 10, "n_probes": 0, "search_k": 25}[name]
+    D, I = index.search(q, K, params={name: value})
+    assert {n: getattr(index, n) for n in names} == stored, "a per-call parameter changed the stored default"
+    np.testing.assert_array_equal(index.search(q, K)[1], default[1])
+    reference = make(config, **({"search_params": {**config[2].get("search_params", {}), name: value}} if config[1] == "faiss" else {name: value}))
+    reference.train(x).add(x)
+    np.testing.assert_array_equal(I, reference.search(q, K)[1])
+    with pytest.raises(VectorIndexError, match="unknown search parameter.*bogus"):
+        index.search(q, K, params={"bogus": 1})
+    with pytest.raises(VectorIndexError, match=name):
+        index.search(q, K, params={name: -7})
+    with pytest.raises(VectorIndexError, match="params must be a dict"):
+        index.search(q, K, params=[(name, value)])
+
+
+def test_statistics_go_to_the_callback_not_the_index(config, data):
+    x, q = data
+    index = filled(config, x)
+    calls = []
+    attributes = set(vars(index))
+    index.search(q, K, stats=calls.append)
+    assert len(calls) == 1 and isinstance(calls[0], dict)
+    assert set(vars(index)) == attributes, "search stored something on the index"
+    expected = {"kdtree": {"leaves_visited", "leaves"}, "lsh": {"candidates_per_query", "reranked_per_query"}}.get(config[1], set())
+    assert expected <= set(calls[0])
+
+
+# ---- Hostile values -----------------------------------------------------------------------
+
+
+def test_ids_up_to_the_int64_maximum_work_and_defaults_never_overflow(config, data):
+    x, q = data
+    top = np.iinfo(np.int64).max
+    index = make(config).train(x).add(x[:20], ids=np.arange(top - 19, top + 1, dtype=np.int64))
+    assert index.ids.max() == top and (index.search(x[:3], 1)[1][:, 0] >= top - 19).all()
+    with pytest.raises(VectorIndexError, match="int64 maximum.*pass ids explicitly"):
+        index.add(x[20:22])
+    with pytest.raises(VectorIndexError, match="outside 0..9223372036854775807"):
+        index.add(x[20:22], ids=np.array([top + 1, top + 2], dtype=np.uint64))
+    with pytest.raises(VectorIndexError, match="outside 0..9223372036854775807"):
+        index.add(x[20:22], ids=[2**64, 5])
+    assert len(index) == 20
+    index.add(x[20:22], ids=[0, 1])
+    assert len(index) == 22
+
+
+def test_absurdly_large_vectors_are_refused(config, data):
+    x, q = data
+    index = filled(config, x)
+    huge = x[:4] * 1e20
+    with pytest.raises(VectorIndexError, match="row 0 has a value of magnitude"):
+        index.add(huge)
+    with pytest.raises(VectorIndexError, match="magnitude"):
+        index.search(huge, K)
+    assert len(index) == N
+
+
+def test_queries_from_another_model_are_refused(config, data, tmp_path):
+    x, q = data
+    index = make(config, model_version="simclr-cnn-aaaa").train(x).add(x, model_version="simclr-cnn-aaaa")
+    with pytest.raises(VectorIndexError, match="model 'other-bbbb'.*model 'simclr-cnn-aaaa'"):
+        index.search(q, K, model_version="other-bbbb")
+    with pytest.raises(VectorIndexError, match="other-bbbb"):
+        index.add(x[:2] + 1, model_version="other-bbbb")
+    index.search(q, K, model_version="simclr-cnn-aaaa")
+    index.search(q, K)  # not saying which model is allowed
+    loaded = load_index(index.save(tmp_path / "index.vsi"))
+    assert loaded.model_version == "simclr-cnn-aaaa"
+    with pytest.raises(VectorIndexError, match="other-bbbb"):
+        loaded.search(q, K, model_version="other-bbbb")
+
+
+# ---- Files that cannot lie ----------------------------------------------------------------
+
+
+def _rewrite(path, out, edit, version=None):
+    """Read an index file, let ``edit(header, arrays)`` change it, write it back with a valid checksum."""
+    import io
+
+    from visual_search.container import read_container, write_container
+    from visual_search.index import io as index_io
+
+    _, header, payload = read_container(path, index_io.MAGIC, (1, 99), VectorIndexError, "index file")
+    with np.load(io.BytesIO(payload)) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    edit(header, arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    header.pop("payload_bytes")
+    write_container(out, index_io.MAGIC, version or index_io.FORMAT_VERSION, header, buffer.getvalue())
+    return out
+
+
+def _bad_param(config):
+    """A header edit that puts a parameter out of range (or breaks dim when the kind has none)."""
+    params = config[2]
+    if config[1] == "faiss":
+        return lambda h: h["params"].__setitem__("factory", "IDMap,Flat")
+    if params:
+        name = next(iter(params))
+        return lambda h: h["params"].__setitem__(name, -5)
+    return lambda h: h.__setitem__("dim", DIM + 1)
+
+
+@pytest.mark.parametrize("edit", ["duplicate ids", "negative id", "missing array", "wrong length", "bad parameter", "wrong dim"])
+def test_an_edited_file_with_a_recomputed_checksum_is_still_refused(config, data, tmp_path, edit):
+    x, _ = data
+    path = filled(config, x).save(tmp_path / "index.vsi")
+
+    def change(header, arrays):
+        state = sorted(k for k in arrays if k.startswith("state."))
+        if edit == "duplicate ids":
+            arrays["ids"] = arrays["ids"].copy()
+            arrays["ids"][1] = arrays["ids"][0]
+        elif edit == "negative id":
+            arrays["ids"] = arrays["ids"].copy()
+            arrays["ids"][3] = -4
+        elif edit == "missing array":
+            del arrays[state[-1]]
+        elif edit == "wrong length":
+            arrays["ids"] = arrays["ids"][:-1]
+        elif edit == "bad parameter":
+            _bad_param(config)(header)
+        else:
+            header["dim"] = DIM * 2
+
+    edited = _rewrite(path, tmp_path / "edited.vsi", change)
+    with pytest.raises(VectorIndexError, match=str(edited)):
+        load_index(edited)
+    assert isinstance(load_index(path), type(make(config)))  # the original still loads
+
+
+def test_a_file_from_a_newer_format_version_is_refused(config, data, tmp_path):
+    x, _ = data
+    from visual_search.index import io as index_io
+
+    path = filled(config, x).save(tmp_path / "index.vsi")
+    newer = _rewrite(path, tmp_path / "newer.vsi", lambda h, a: None, version=index_io.FORMAT_VERSION + 1)
+    with pytest.raises(VectorIndexError, match=f"format version {index_io.FORMAT_VERSION + 1}"):
+        load_index(newer)
+    blob = bytearray(path.read_bytes())
+    blob[8] += 1  # the version number itself is covered by the checksum
+    (tmp_path / "bumped.vsi").write_bytes(bytes(blob))
+    with pytest.raises(VectorIndexError, match="checksum"):
+        load_index(tmp_path / "bumped.vsi")
+
+
+# ---- Every parameter checked where it is given ---------------------------------------------
+
+BAD_PARAMETERS = [
+    ("exact", {}, "dim", "dim must be an integer"),
+    ("kdtree", {"leaf_size": 0}, None, "kdtree: leaf_size"),
+    ("kdtree", {"leaf_size": True}, None, "kdtree: leaf_size"),
+    ("lsh", {"n_tables": 0}, None, "lsh: n_tables"),
+    ("lsh", {"n_bits": 63}, None, "lsh: n_bits"),
+    ("lsh", {"n_probes": -1}, None, "lsh: n_probes"),
+    ("lsh", {"rerank": 2.5}, None, "lsh: rerank"),
+    ("lsh", {"seed": -1}, None, "lsh: seed"),
+    ("ivf", {"nlist": 0}, None, "ivf: nlist"),
+    ("ivf", {"nprobe": 0}, None, "ivf: nprobe"),
+    ("ivf", {"n_iter": 0}, None, "ivf: n_iter"),
+    ("ivf", {"seed": 2**40}, None, "ivf: seed"),
+    ("ivf", {"max_train_points": 0}, None, "ivf: max_train_points"),
+    ("pq", {"m": 3}, None, "not divisible by m=3"),
+    ("pq", {"nbits": 9}, None, "pq: nbits"),
+    ("pq", {"seed": "0"}, None, "pq: seed"),
+    ("ivfpq", {"nprobe": -2}, None, "ivfpq: nprobe"),
+    ("faiss", {"factory": ""}, None, "factory must be a non-empty"),
+    ("faiss", {"factory": 5}, None, "factory must be a non-empty"),
+    ("faiss", {"factory": "IDMap,Flat"}, None, "leave out 'IDMap'"),
+    ("faiss", {"factory": "Nonsense42"}, None, "cannot build factory string 'Nonsense42'"),
+    ("faiss", {"factory": "IVF4,Flat", "search_params": {"nprobe": 0}}, None, "search parameter nprobe"),
+    ("faiss", {"factory": "HNSW8", "search_params": {"efSearch": 0}}, None, "search parameter efSearch"),
+    ("faiss", {"factory": "HNSW8", "search_params": {"nprobe": 4}}, None, r"unknown search parameter\(s\) \['nprobe'\].*efSearch"),
+    ("faiss", {"factory": "Flat", "search_params": "fast"}, None, "search_params must be a dict"),
+    ("annoy", {"n_trees": 0}, None, "annoy: n_trees"),
+    ("annoy", {"search_k": 0}, None, "annoy: search_k"),
+    ("annoy", {"search_k": -5}, None, "annoy: search_k"),
+    ("annoy", {"seed": -1}, None, "annoy: seed"),
+    ("sklearn-kdtree", {"leaf_size": 0}, None, "sklearn-kdtree: leaf_size"),
+    ("sklearn-balltree", {"leaf_size": -3}, None, "sklearn-balltree: leaf_size"),
+]
+
+
+@pytest.mark.parametrize("kind, params, bad_dim, message", BAD_PARAMETERS, ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(map(str, v.items())))
+def test_every_parameter_is_checked_at_construction(kind, params, bad_dim, message):
+    dim = 0 if bad_dim else DIM
+    with pytest.raises(VectorIndexError, match=message):
+        build_index(kind, dim, **params)
+
+
+def test_a_stored_default_set_to_a_bad_value_is_refused_at_search(data):
+    x, q = data
+    index = build_index("ivf", DIM, nlist=8).train(x).add(x)
+    index.nprobe = 0
+    with pytest.raises(VectorIndexError, match="ivf: nprobe"):
+        index.search(q, K)
+    index.nprobe = 4
+    assert index.search(q, K)[1].shape == (len(q), K)
+
+
+def test_library_errors_come_out_as_our_error_naming_the_parameter(data):
+    x, q = data
+    index = build_index("faiss", DIM, factory="IVF64,Flat")
+    with pytest.raises(VectorIndexError, match="faiss 'IVF64,Flat': training failed.*Number of training points"):
+        index.train(x[:10])
+    assert not index.is_trained and len(index) == 0
+    index.train(x)  # and it still trains on enough points
+    assert index.is_trained

@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, VectorIndexError, query_form, register, stored_form, topk_smallest
+from visual_search._checks import check_int, check_seed
+from visual_search.errors import VectorIndexError
+from visual_search.index.base import BaseIndex
+from visual_search.index.kernels import add_query_norms, merge_topk, query_form, stored_form, topk_smallest
 from visual_search.index.kmeans import kmeans
+from visual_search.index.registry import register
+from visual_search.index.validation import check_offsets, check_rows, expect_array, positive_int
 
 
 class CoarseQuantizer:
@@ -107,8 +112,21 @@ def scan_probed_lists(probes: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
         cols = slot[:, None] * k + np.arange(pos.shape[1])
         cand_keys[who[:, None], cols] = vals
         cand_rows[who[:, None], cols] = rows[lo + pos]
-    best, keys = topk_smallest(cand_keys, k)
-    return keys, np.take_along_axis(cand_rows, best, axis=1)
+    return merge_topk(cand_keys, cand_rows, k)
+
+
+def check_nprobe(value, kind: str) -> int:
+    """nprobe: lists scanned per query, at least 1 (values above nlist scan every list)."""
+    return positive_int(value, f"{kind}: nprobe")
+
+
+def check_training_params(kind: str, n_iter, seed, max_train_points) -> tuple[int, int, int | None]:
+    """The k-means settings every IVF and PQ index shares, checked where they are given."""
+    return (
+        positive_int(n_iter, f"{kind}: n_iter", high=10_000),
+        check_seed(seed, f"{kind}: seed", error=VectorIndexError),
+        check_int(max_train_points, f"{kind}: max_train_points", low=1, high=2**31 - 1, error=VectorIndexError, allow_none=True),
+    )
 
 
 @register
@@ -118,76 +136,105 @@ class IVFIndex(BaseIndex):
     Args:
         dim, metric: as for every index.
         nlist: number of clusters (inverted lists). Rule of thumb: about sqrt(N) to 16 sqrt(N).
-        nprobe: lists scanned per query; the speed/recall knob (can be changed after training).
+        nprobe: lists scanned per query; the speed/recall knob, a search parameter
+            (``search(q, k, params={"nprobe": 32})``).
         n_iter: k-means iterations.
         seed: k-means++ and subsampling seed.
         max_train_points: k-means trains on at most this many points (default 256 per list, as in Faiss).
+
+    Memory per vector: the stored row (``4 * (dim + 1)`` bytes for l2, ``4 * dim``
+    otherwise), an 8-byte row number and the 8-byte id; plus the centroids.
     """
 
     kind = "ivf"
     needs_training = True
+    search_params = ("nprobe",)
 
     def __init__(self, dim: int, metric: str = "l2", nlist: int = 100, nprobe: int = 8, n_iter: int = 20,
                  seed: int = 0, max_train_points: int | None = None) -> None:
+        self.nlist = positive_int(nlist, "ivf: nlist", high=2**24)
+        self.nprobe = check_nprobe(nprobe, "ivf")
+        self.n_iter, self.seed, self.max_train_points = check_training_params("ivf", n_iter, seed, max_train_points)
         super().__init__(dim, metric)
-        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise VectorIndexError(f"ivf: {name} must be a positive integer, got {value!r}")
-        if max_train_points is not None and (isinstance(max_train_points, bool) or not isinstance(max_train_points, (int, np.integer)) or max_train_points < 1):
-            raise VectorIndexError(f"ivf: max_train_points must be a positive integer or None, got {max_train_points!r}")
-        self.nlist, self.nprobe, self.n_iter, self.seed = int(nlist), int(nprobe), int(n_iter), int(seed)
-        self.max_train_points = None if max_train_points is None else int(max_train_points)
         self.quantizer: CoarseQuantizer | None = None
-        width = dim + 1 if metric == "l2" else dim
-        self._matrix = np.empty((0, width), np.float32)
-        self._rows = np.empty(0, np.int64)  # the row (in _ids) of each stored vector
-        self._offsets = np.zeros(self.nlist + 1, np.int64)
+
+    def _check_search_params(self, settings):
+        return {"nprobe": check_nprobe(settings["nprobe"], "ivf")}
 
     def params(self) -> dict:
         return {"nlist": self.nlist, "nprobe": self.nprobe, "n_iter": self.n_iter, "seed": self.seed,
                 "max_train_points": self.max_train_points}
 
+    def _empty_state(self):
+        width = self.dim + 1 if self.metric == "l2" else self.dim
+        # the row (in ids) of each stored vector, and where each list starts
+        return {"matrix": np.empty((0, width), np.float32), "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64)}
+
     def _train(self, x: np.ndarray) -> None:
         if len(x) < self.nlist:
             raise VectorIndexError(f"ivf: training needs at least nlist={self.nlist} vectors, got {len(x)}")
         cap = self.max_train_points or 256 * self.nlist
-        centroids, self.kmeans_history = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=cap)
-        self.quantizer = CoarseQuantizer(centroids, self.metric)
+        centroids, history = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=cap)
+        self.quantizer, self.kmeans_history = CoarseQuantizer(centroids, self.metric), history
 
     def list_sizes(self) -> np.ndarray:
         """Vectors per inverted list, int64 ``[nlist]``."""
-        return np.diff(self._offsets)
+        return np.diff(self._state["offsets"])
 
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        order, self._offsets = insert_into_lists(self._offsets, self.quantizer.nearest(x, 1)[:, 0])
-        self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])[order]
-        self._rows = np.concatenate([self._rows, rows])[order]
+    def _add(self, state, x, ids):
+        n_old = len(state["rows"])
+        order, offsets = insert_into_lists(state["offsets"], self.quantizer.nearest(x, 1)[:, 0])
+        return {
+            "matrix": np.concatenate([state["matrix"], stored_form(x, self.metric)])[order],
+            "rows": np.concatenate([state["rows"], np.arange(n_old, n_old + len(x))])[order],
+            "offsets": offsets,
+        }
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
+    def _search(self, state, q, k, settings, info):
+        probes = self.quantizer.nearest(q, min(settings["nprobe"], self.nlist))
         augmented = query_form(q, self.metric)
+        matrix = state["matrix"]
 
         def score(lst: int, who: np.ndarray, lo: int, hi: int) -> np.ndarray:
-            return augmented[who] @ self._matrix[lo:hi].T  # every query probing this list, in one GEMM
+            return augmented[who] @ matrix[lo:hi].T  # every query probing this list, in one GEMM
 
-        keys, rows = scan_probed_lists(probes, self._offsets, self._rows, k, score)
-        if self.metric == "l2":  # add back the ||q||^2 left out of the stored form
-            keys = np.maximum(keys + np.einsum("ij,ij->i", q, q)[:, None], 0)
-        return keys, self._rows_to_ids(rows)
+        keys, rows = scan_probed_lists(probes, state["offsets"], state["rows"], k, score)
+        return add_query_norms(keys, q, self.metric), self._rows_to_ids(state, rows)
 
-    def _remove(self, drop: np.ndarray) -> None:
-        keep, self._rows, self._offsets = remove_from_lists(self._offsets, self._rows, drop)
-        self._matrix = self._matrix[keep]
+    def _remove(self, state, drop):
+        keep, rows, offsets = remove_from_lists(state["offsets"], state["rows"], drop)
+        return {"matrix": state["matrix"][keep], "rows": rows, "offsets": offsets}
 
-    def _structure_bytes(self) -> int:
+    def _structure_bytes(self, state):
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
-        return self._matrix.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids
+        return state["matrix"].nbytes + state["rows"].nbytes + state["offsets"].nbytes + centroids
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def _arrays(self, state):
         centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
-        return {"centroids": centroids, "matrix": self._matrix, "rows": self._rows, "offsets": self._offsets}
+        return {"centroids": centroids, **{name: state[name] for name in ("matrix", "rows", "offsets")}}
 
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        if len(arrays["centroids"]):
-            self.quantizer = CoarseQuantizer(arrays["centroids"], self.metric)
-        self._matrix, self._rows, self._offsets = arrays["matrix"], arrays["rows"], arrays["offsets"]
+    def _restore(self, arrays, n, where):
+        self.quantizer = restore_quantizer(arrays, self, where)
+        width = self.dim + 1 if self.metric == "l2" else self.dim
+        state = {
+            "matrix": expect_array(arrays, "matrix", np.float32, (n, width), where),
+            "rows": expect_array(arrays, "rows", np.int64, (n,), where),
+            "offsets": expect_array(arrays, "offsets", np.int64, (self.nlist + 1,), where),
+        }
+        check_list_layout(state, n, self.nlist, where)
+        return state
+
+
+def restore_quantizer(arrays, index, where: str) -> CoarseQuantizer | None:
+    """The saved centroids of a trained IVF-style index (None for an untrained one)."""
+    shape = (index.nlist, index.dim) if index.is_trained else (0, index.dim)
+    centroids = expect_array(arrays, "centroids", np.float32, shape, where)
+    return CoarseQuantizer(centroids, index.metric) if index.is_trained else None
+
+
+def check_list_layout(state, n: int, nlist: int, where: str) -> None:
+    """Saved inverted lists must cover every row exactly once, within consistent offsets."""
+    check_offsets(state["offsets"], nlist, n, where)
+    check_rows(state["rows"], n, "rows", where)
+    if len(np.unique(state["rows"])) != n:
+        raise VectorIndexError(f"{where}: saved inverted lists do not hold every row exactly once")

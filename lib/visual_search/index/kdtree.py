@@ -37,7 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visual_search.index.base import StaticIndex, VectorIndexError, as_float32_matrix, register, topk_smallest
+from visual_search.errors import VectorIndexError
+from visual_search.index.base import StaticIndex
+from visual_search.index.kernels import merge_topk
+from visual_search.index.registry import register
+from visual_search.index.validation import as_float32_matrix, check_k, positive_int
 
 
 @dataclass
@@ -112,8 +116,7 @@ def box_gap(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def _merge(best_keys, best_rows, who, keys, rows, k):
     """Fold new (keys, rows) into the running top-k of queries ``who`` (one row each)."""
-    pos, best_keys[who] = topk_smallest(np.concatenate([best_keys[who], keys], axis=1), k)
-    best_rows[who] = np.take_along_axis(np.concatenate([best_rows[who], rows], axis=1), pos, axis=1)
+    best_keys[who], best_rows[who] = merge_topk([best_keys[who], keys], [best_rows[who], rows], k)
 
 
 def branch_and_bound(x_padded: np.ndarray, tree: KDTree, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -181,6 +184,12 @@ class KDTreeIndex(StaticIndex):
         leaf_size: at most this many points per leaf (with leaf_size=1, some leaves hold 2,
             because no leaf may be empty). Small leaves prune more finely but cost more
             bound computations; 16-64 is typical.
+
+    ``search(..., stats=callback)`` reports ``leaves_visited``: the mean number of leaves
+    scanned per query (of ``2**depth``), the pruning at work.
+
+    Memory: the vectors (``4 * dim`` bytes each), the id (8), and the tree: each leaf
+    slot is an int64 row (8 bytes per vector) plus two float32 bounding boxes per node.
     """
 
     kind = "kdtree"
@@ -188,40 +197,38 @@ class KDTreeIndex(StaticIndex):
     supported_metrics = ("l2", "cosine")
 
     def __init__(self, dim: int, metric: str = "l2", leaf_size: int = 32) -> None:
+        self.leaf_size = positive_int(leaf_size, "kdtree: leaf_size", high=10**7)
         super().__init__(dim, metric)
-        if isinstance(leaf_size, bool) or not isinstance(leaf_size, (int, np.integer)) or leaf_size < 1:
-            raise VectorIndexError(f"kdtree: leaf_size must be a positive integer, got {leaf_size!r}")
-        self.leaf_size = int(leaf_size)
-        #: Mean leaves scanned per query in the last ``search`` (of ``2**depth``): the pruning at work.
-        self.leaves_visited = float("nan")
 
     def params(self) -> dict:
         return {"leaf_size": self.leaf_size}
 
-    def _build(self) -> tuple[KDTree, np.ndarray]:
-        padded = np.vstack([self._vectors, np.full((1, self.dim), np.inf, np.float32)])
-        return build_kdtree(self._vectors, self.leaf_size), padded
+    def _build(self, vectors: np.ndarray) -> tuple[KDTree, np.ndarray]:
+        padded = np.vstack([vectors, np.full((1, self.dim), np.inf, np.float32)])
+        return build_kdtree(vectors, self.leaf_size), padded
 
-    def _query(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        tree, padded = self._built
+    def _built_bytes(self, built) -> int:
+        return built[0].nbytes()
+
+    def _query(self, built, vectors, q, k, settings, info):
+        tree, padded = built
         keys, rows, visits = [], [], 0.0
         for start in range(0, len(q), 1024):  # blocks bound the [queries, leaf, dim] temporaries
             part_keys, part_rows, part_visits = branch_and_bound(padded, tree, q[start : start + 1024], k)
             keys.append(part_keys)
             rows.append(part_rows)
             visits += part_visits * len(part_keys)
-        self.leaves_visited = visits / len(q)
+        info["leaves_visited"] = visits / len(q)
+        info["leaves"] = float(len(tree.leaf_rows))
         return self._l2_to_keys(np.concatenate(keys)), np.concatenate(rows)
-
-    def _structure_bytes(self) -> int:
-        self.build()
-        return self._vectors.nbytes + (self._built[0].nbytes() if self._built else 0)
 
     @property
     def tree(self) -> KDTree:
-        """The built tree (building it now if needed)."""
-        self.build()
-        return self._built[0]
+        """The built tree (of the vectors stored now)."""
+        built = self._state["built"]
+        if built is None:
+            raise VectorIndexError("the kdtree index is empty: add vectors to build its tree")
+        return built[0]
 
     def search_recursive(self, query: np.ndarray, k: int) -> tuple[list[float], list[int], int]:
         """The textbook algorithm for one query: descend, then backtrack with pruning.
@@ -231,10 +238,13 @@ class KDTreeIndex(StaticIndex):
         Returns:
             ``(squared distances, ids, leaves visited)``, nearest first.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if check_k(k) < 1:
             raise VectorIndexError(f"k must be a positive integer, got {k!r}")
         query = self._prepare(as_float32_matrix(np.asarray(query).reshape(1, -1), "query", self.dim), "query")[0]
-        tree = self.tree
+        state = self._state  # one snapshot, as in search
+        if state["built"] is None:
+            raise VectorIndexError("the kdtree index is empty: add vectors before searching")
+        tree, vectors = state["built"][0], state["vectors"]
         n_internal = len(tree.split_dim)
         heap: list[tuple[float, int]] = []  # max-heap of (-distance, row), at most k items
         visited = 0
@@ -248,7 +258,7 @@ class KDTreeIndex(StaticIndex):
                 visited += 1
                 rows = tree.leaf_rows[node - n_internal]
                 rows = rows[rows >= 0]
-                dists = ((self._vectors[rows] - query) ** 2).sum(axis=1)
+                dists = ((vectors[rows] - query) ** 2).sum(axis=1)
                 for dist, row in zip(dists.tolist(), rows.tolist()):
                     if dist < kth_best():
                         heapq.heappush(heap, (-dist, row))
@@ -263,4 +273,4 @@ class KDTreeIndex(StaticIndex):
 
         visit(0)
         best = sorted((-d, r) for d, r in heap)
-        return [d for d, _ in best], [int(self._ids[r]) for _, r in best], visited
+        return [d for d, _ in best], [int(state["ids"][r]) for _, r in best], visited

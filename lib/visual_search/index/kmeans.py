@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from visual_search.errors import VectorIndexError
+
 #: Pairwise scores per chunk in ``assign`` (chunk_rows x k floats): 64 MB.
 _CHUNK_FLOATS = 16_000_000
 
@@ -88,7 +90,7 @@ def kmeans(
         the mean squared distance of a point to its centroid.
     """
     if len(x) < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {len(x)}")
+        raise VectorIndexError(f"k-means needs at least k={k} points, got {len(x)}")
     rng = np.random.default_rng(seed)
     if max_points is not None and len(x) > max(max_points, k):  # never fewer points than centroids
         x = x[np.sort(rng.choice(len(x), max(max_points, k), replace=False))]

@@ -35,15 +35,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import (
-    BaseIndex,
-    VectorIndexError,
-    as_float32_matrix,
-    query_form,
-    register,
-    stored_form,
-    topk_smallest,
-)
+from visual_search._checks import check_int, check_seed
+from visual_search.errors import VectorIndexError
+from visual_search.index.base import BaseIndex
+from visual_search.index.kernels import add_query_norms, query_form, stored_form, topk_smallest
+from visual_search.index.registry import register
+from visual_search.index.validation import as_float32_matrix, expect_array, check_rows
 
 def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
     """The bit-flip masks of the ``n_probes`` most promising extra buckets.
@@ -76,33 +73,55 @@ class LSHIndex(BaseIndex):
     Args:
         n_tables: independent hash tables (more: higher recall, more memory).
         n_bits: bits per table, at most 62 (more: smaller buckets, faster, lower recall).
-        n_probes: extra buckets probed per table (0 = classic LSH).
-        rerank: candidates kept by the Hamming filter and scored exactly (0 = score all).
+        n_probes: extra buckets probed per table (0 = classic LSH); a search parameter.
+        rerank: candidates kept by the Hamming filter and scored exactly (0 = score all);
+            a search parameter.
         seed: for the random hyperplanes.
+
+    ``search(..., stats=callback)`` reports ``candidates_per_query`` (before the Hamming
+    filter) and ``reranked_per_query`` (scored exactly).
+
+    Memory per vector: the stored row (``4 * (dim + 1)`` bytes for l2, ``4 * dim``
+    otherwise), ``16 * n_tables`` for the sorted codes and rows, ``8 * ceil(n_tables *
+    n_bits / 64)`` for the sketch, and 8 for the id.
     """
 
     kind = "lsh"
     needs_training = True  # the mean that centres the data
+    search_params = ("n_probes", "rerank")
 
     def __init__(self, dim: int, metric: str = "l2", n_tables: int = 16, n_bits: int = 16, n_probes: int = 16, rerank: int = 400, seed: int = 0) -> None:
+        self.n_tables = check_int(n_tables, "lsh: n_tables", low=1, high=1024, error=VectorIndexError)
+        self.n_bits = check_int(n_bits, "lsh: n_bits", low=1, high=62, error=VectorIndexError)
+        self.seed = check_seed(seed, "lsh: seed", error=VectorIndexError)
+        self.n_probes, self.rerank = n_probes, rerank
+        settings = self._check_search_params({"n_probes": n_probes, "rerank": rerank})
+        self.n_probes, self.rerank = settings["n_probes"], settings["rerank"]
         super().__init__(dim, metric)
-        for name, value, low, high in (("n_tables", n_tables, 1, 1024), ("n_bits", n_bits, 1, 62), ("n_probes", n_probes, 0, 10**6), ("rerank", rerank, 0, 10**9)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-                raise VectorIndexError(f"lsh: {name} must be an integer in [{low}, {high}], got {value!r}")
-        self.n_tables, self.n_bits, self.n_probes, self.rerank, self.seed = int(n_tables), int(n_bits), int(n_probes), int(rerank), int(seed)
-        self.planes = np.random.default_rng(seed).standard_normal((n_tables * n_bits, dim)).astype(np.float32)
-        self.mean = np.zeros(dim, np.float32)
-        width = dim + 1 if metric == "l2" else dim
-        self._matrix = np.empty((0, width), np.float32)
-        self._sorted_codes = np.empty((self.n_tables, 0), np.int64)  # per table: codes, ascending
-        self._sorted_rows = np.empty((self.n_tables, 0), np.int64)  # per table: the row of each code
-        # Per row, all n_tables * n_bits bits packed 64 to a word: the sketch the Hamming filter compares.
-        self._sketch = np.empty((0, -(-self.n_tables * self.n_bits // 64)), np.uint64)
-        #: Mean candidates per query in the last search, before and after the Hamming filter.
-        self.candidates_per_query, self.reranked_per_query = float("nan"), float("nan")
+        self.planes = np.random.default_rng(self.seed).standard_normal((self.n_tables * self.n_bits, self.dim)).astype(np.float32)
+        self.mean = np.zeros(self.dim, np.float32)
+
+    def _check_search_params(self, settings):
+        return {
+            "n_probes": check_int(settings["n_probes"], "lsh: n_probes", low=0, high=10**6, error=VectorIndexError),
+            "rerank": check_int(settings["rerank"], "lsh: rerank", low=0, high=10**9, error=VectorIndexError),
+        }
 
     def params(self) -> dict:
         return {"n_tables": self.n_tables, "n_bits": self.n_bits, "n_probes": self.n_probes, "rerank": self.rerank, "seed": self.seed}
+
+    def _words(self) -> int:
+        return -(-self.n_tables * self.n_bits // 64)
+
+    def _empty_state(self):
+        width = self.dim + 1 if self.metric == "l2" else self.dim
+        return {
+            "matrix": np.empty((0, width), np.float32),
+            "sorted_codes": np.empty((self.n_tables, 0), np.int64),  # per table: codes, ascending
+            "sorted_rows": np.empty((self.n_tables, 0), np.int64),  # per table: the row of each code
+            # Per row, all n_tables * n_bits bits packed 64 to a word: the sketch the Hamming filter compares.
+            "sketch": np.empty((0, self._words()), np.uint64),
+        }
 
     def _train(self, x: np.ndarray) -> None:
         self.mean = x.mean(axis=0).astype(np.float32)
@@ -113,7 +132,7 @@ class LSHIndex(BaseIndex):
     def _sketch_of(self, bits: np.ndarray) -> np.ndarray:
         """Pack ``[n, n_tables, n_bits]`` booleans into uint64 words ``[n, ceil(n_tables * n_bits / 64)]``."""
         flat = bits.reshape(len(bits), -1)
-        words = self._sketch.shape[1]
+        words = self._words()
         padded = np.zeros((len(flat), words * 64), bool)
         padded[:, : flat.shape[1]] = flat
         return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
@@ -121,95 +140,116 @@ class LSHIndex(BaseIndex):
     def _pack(self, bits: np.ndarray) -> np.ndarray:
         return (bits.astype(np.int64) << np.arange(self.n_bits)).sum(axis=-1)
 
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self._matrix = np.concatenate([self._matrix, stored_form(x, self.metric)])
+    def _add(self, state, x, ids):
+        n_old = len(state["matrix"])
+        rows = np.arange(n_old, n_old + len(x))
         bits = self._projections(x) > 0
-        new_codes = self._pack(bits)
-        self._sketch = np.concatenate([self._sketch, self._sketch_of(bits)])
-        codes = np.concatenate([self._sorted_codes, new_codes.T], axis=1)
-        all_rows = np.concatenate([self._sorted_rows, np.broadcast_to(rows, (self.n_tables, len(rows)))], axis=1)
+        codes = np.concatenate([state["sorted_codes"], self._pack(bits).T], axis=1)
+        all_rows = np.concatenate([state["sorted_rows"], np.broadcast_to(rows, (self.n_tables, len(rows)))], axis=1)
         order = np.argsort(codes, axis=1, kind="stable")
-        self._sorted_codes = np.take_along_axis(codes, order, axis=1)
-        self._sorted_rows = np.take_along_axis(all_rows, order, axis=1)
+        return {
+            "matrix": np.concatenate([state["matrix"], stored_form(x, self.metric)]),
+            "sorted_codes": np.take_along_axis(codes, order, axis=1),
+            "sorted_rows": np.take_along_axis(all_rows, order, axis=1),
+            "sketch": np.concatenate([state["sketch"], self._sketch_of(bits)]),
+        }
 
-    def _probe_ranges(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _probe_ranges(self, state, q: np.ndarray, n_probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query sketches ``[nq, words]`` and, per query, the ranges ``[lo, hi)`` of every probed
         bucket in the flattened sorted tables (``[nq, L * (1 + n_probes)]`` each)."""
         projections = self._projections(q)
         bits = projections > 0
-        probes = self._pack(bits)[..., None] ^ probe_masks(np.abs(projections), self.n_probes)  # [nq, L, 1+p]
+        probes = self._pack(bits)[..., None] ^ probe_masks(np.abs(projections), n_probes)  # [nq, L, 1+p]
         sketches = self._sketch_of(bits)
-        n = self._sorted_codes.shape[1]
+        sorted_codes = state["sorted_codes"]
+        n = sorted_codes.shape[1]
         lo = np.empty(probes.shape, np.int64)
         hi = np.empty(probes.shape, np.int64)
         for t in range(self.n_tables):
-            lo[:, t] = np.searchsorted(self._sorted_codes[t], probes[:, t], side="left") + t * n
-            hi[:, t] = np.searchsorted(self._sorted_codes[t], probes[:, t], side="right") + t * n
+            lo[:, t] = np.searchsorted(sorted_codes[t], probes[:, t], side="left") + t * n
+            hi[:, t] = np.searchsorted(sorted_codes[t], probes[:, t], side="right") + t * n
         return sketches, lo.reshape(len(q), -1), hi.reshape(len(q), -1)
 
-    def candidates(self, q: np.ndarray) -> list[np.ndarray]:
+    def candidates(self, q: np.ndarray, n_probes: int | None = None) -> list[np.ndarray]:
         """For each query, the distinct rows sharing at least one probed bucket (before any filter)."""
+        state = self._state
         q = self._prepare(as_float32_matrix(q, "queries", self.dim), "queries")
-        _, lo, hi = self._probe_ranges(q)
-        seen = np.zeros(len(self._matrix), bool)
-        return [self._union(a, b, seen) for a, b in zip(lo, hi)]
+        n_probes = self._settings(None if n_probes is None else {"n_probes": n_probes})["n_probes"]
+        _, lo, hi = self._probe_ranges(state, q, n_probes)
+        seen = np.zeros(len(state["matrix"]), bool)
+        return [_union(state["sorted_rows"], a, b, seen) for a, b in zip(lo, hi)]
 
-    def _union(self, lo: np.ndarray, hi: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """Distinct rows in the ranges ``lo[i]:hi[i]``; ``seen`` is an all-False scratch bitmap of N, left all-False."""
-        lengths = hi - lo
-        total = int(lengths.sum())
-        # Flatten the ranges lo[i]:hi[i] into one index array without a Python loop.
-        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        found = self._sorted_rows.ravel()[starts + np.arange(total)]
-        seen[found] = True  # de-duplicate with a bitmap: O(N) but branch-free, faster than np.unique
-        rows = np.flatnonzero(seen)
-        seen[rows] = False
-        return rows
-
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, state, q, k, settings, info):
+        rerank = settings["rerank"]
+        matrix, sketch = state["matrix"], state["sketch"]
         keys = np.full((len(q), k), np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         augmented = query_form(q, self.metric)
-        sketches, lo, hi = self._probe_ranges(q)
-        seen = np.zeros(len(self._matrix), bool)
+        sketches, lo, hi = self._probe_ranges(state, q, settings["n_probes"])
+        seen = np.zeros(len(matrix), bool)
         n_cand = n_kept = 0
         # Reused buffers for the gathered rows: a fresh megabyte per query would cost page faults.
-        rows_buffer = np.empty((self.rerank or len(self._matrix), self._matrix.shape[1]), np.float32)
-        sketch_buffer = np.empty((len(self._matrix), self._sketch.shape[1]), np.uint64)
+        # Sized by what can be gathered (never more than N rows), so a huge ``rerank`` costs nothing.
+        rows_buffer = np.empty((min(rerank, len(matrix)) if rerank else len(matrix), matrix.shape[1]), np.float32)
+        sketch_buffer = np.empty((len(matrix), sketch.shape[1]), np.uint64)
         for i in range(len(q)):
-            cand = self._union(lo[i], hi[i], seen)
+            cand = _union(state["sorted_rows"], lo[i], hi[i], seen)
             n_cand += len(cand)
-            if self.rerank and len(cand) > self.rerank:  # Hamming filter on the full sketches
-                gathered = np.take(self._sketch, cand, axis=0, out=sketch_buffer[: len(cand)])
+            if rerank and len(cand) > rerank:  # Hamming filter on the full sketches
+                gathered = np.take(sketch, cand, axis=0, out=sketch_buffer[: len(cand)])
                 hamming = np.bitwise_count(gathered ^ sketches[i]).sum(axis=1, dtype=np.int32)
-                cand = cand[np.argpartition(hamming, self.rerank - 1)[: self.rerank]]
+                cand = cand[np.argpartition(hamming, rerank - 1)[:rerank]]
             n_kept += len(cand)
             if not len(cand):
                 continue
-            vectors = np.take(self._matrix, cand, axis=0, out=rows_buffer[: len(cand)])
+            vectors = np.take(matrix, cand, axis=0, out=rows_buffer[: len(cand)])
             scores = vectors @ augmented[i]  # exact re-ranking
             pos, vals = topk_smallest(scores[None], k)
             keys[i, : pos.shape[1]], rows[i, : pos.shape[1]] = vals[0], cand[pos[0]]
-        self.candidates_per_query, self.reranked_per_query = n_cand / len(q), n_kept / len(q)
-        if self.metric == "l2":
-            keys = np.maximum(keys + np.einsum("ij,ij->i", q, q)[:, None], 0)
-        return keys, self._rows_to_ids(rows)
+        info["candidates_per_query"], info["reranked_per_query"] = n_cand / len(q), n_kept / len(q)
+        return add_query_norms(keys, q, self.metric), self._rows_to_ids(state, rows)
 
-    def _remove(self, drop: np.ndarray) -> None:
+    def _remove(self, state, drop):
         renumber = np.cumsum(~drop) - 1
-        keep = ~drop[self._sorted_rows]  # [n_tables, n]; each table keeps the same number of rows
+        keep = ~drop[state["sorted_rows"]]  # [n_tables, n]; each table keeps the same number of rows
         n_keep = int((~drop).sum())
-        self._sorted_codes = self._sorted_codes[keep].reshape(self.n_tables, n_keep)
-        self._sorted_rows = renumber[self._sorted_rows[keep]].reshape(self.n_tables, n_keep)
-        self._matrix = self._matrix[~drop]
-        self._sketch = self._sketch[~drop]
+        return {
+            "sorted_codes": state["sorted_codes"][keep].reshape(self.n_tables, n_keep),
+            "sorted_rows": renumber[state["sorted_rows"][keep]].reshape(self.n_tables, n_keep),
+            "matrix": state["matrix"][~drop],
+            "sketch": state["sketch"][~drop],
+        }
 
-    def _structure_bytes(self) -> int:
-        return self._matrix.nbytes + self._sorted_codes.nbytes + self._sorted_rows.nbytes + self._sketch.nbytes + self.planes.nbytes + self.mean.nbytes
+    def _structure_bytes(self, state):
+        return sum(state[name].nbytes for name in ("matrix", "sorted_codes", "sorted_rows", "sketch")) + self.planes.nbytes + self.mean.nbytes
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "matrix": self._matrix, "sorted_codes": self._sorted_codes, "sorted_rows": self._sorted_rows, "sketch": self._sketch}
+    def _arrays(self, state):
+        return {"mean": self.mean, **{name: state[name] for name in ("matrix", "sorted_codes", "sorted_rows", "sketch")}}
 
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.mean, self._matrix = arrays["mean"], arrays["matrix"]
-        self._sorted_codes, self._sorted_rows, self._sketch = arrays["sorted_codes"], arrays["sorted_rows"], arrays["sketch"]
+    def _restore(self, arrays, n, where):
+        width = self.dim + 1 if self.metric == "l2" else self.dim
+        self.mean = expect_array(arrays, "mean", np.float32, (self.dim,), where)
+        state = {
+            "matrix": expect_array(arrays, "matrix", np.float32, (n, width), where),
+            "sorted_codes": expect_array(arrays, "sorted_codes", np.int64, (self.n_tables, n), where),
+            "sorted_rows": expect_array(arrays, "sorted_rows", np.int64, (self.n_tables, n), where),
+            "sketch": expect_array(arrays, "sketch", np.uint64, (n, self._words()), where),
+        }
+        check_rows(state["sorted_rows"], n, "sorted_rows", where)
+        if (np.diff(state["sorted_codes"], axis=1) < 0).any():
+            raise VectorIndexError(f"{where}: saved hash tables are not sorted")
+        return state
+
+
+def _union(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Distinct rows in the ranges ``lo[i]:hi[i]`` of the flattened tables; ``seen`` is an all-False
+    scratch bitmap of N (per call, never shared), left all-False."""
+    lengths = hi - lo
+    total = int(lengths.sum())
+    # Flatten the ranges lo[i]:hi[i] into one index array without a Python loop.
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    found = sorted_rows.ravel()[starts + np.arange(total)]
+    seen[found] = True  # de-duplicate with a bitmap: O(N) but branch-free, faster than np.unique
+    rows = np.flatnonzero(seen)
+    seen[rows] = False
+    return rows

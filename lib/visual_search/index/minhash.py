@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from visual_search.index.base import VectorIndexError
+from visual_search.errors import VectorIndexError
 
 
 def image_tokens(image: np.ndarray, cell: int = 2, threshold: float = 0.3) -> set[bytes]:

@@ -31,15 +31,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.index.base import BaseIndex, VectorIndexError, register, topk_smallest
-from visual_search.index.ivf import CoarseQuantizer, insert_into_lists, remove_from_lists, scan_probed_lists
+from visual_search.errors import VectorIndexError
+from visual_search.index.base import BaseIndex
+from visual_search.index.ivf import (
+    CoarseQuantizer,
+    check_list_layout,
+    check_nprobe,
+    check_training_params,
+    insert_into_lists,
+    remove_from_lists,
+    restore_quantizer,
+    scan_probed_lists,
+)
+from visual_search.index.kernels import topk_smallest
 from visual_search.index.kmeans import assign, kmeans
-
-
-def _positive_int(kind: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise VectorIndexError(f"{kind}: {name} must be a positive integer, got {value!r}")
-    return int(value)
+from visual_search.index.registry import register
+from visual_search.index.validation import expect_array, positive_int
 
 
 class ProductQuantizer:
@@ -54,15 +61,12 @@ class ProductQuantizer:
 
     def __init__(self, dim: int, m: int, nbits: int = 8, n_iter: int = 15, seed: int = 0,
                  max_train_points: int | None = None) -> None:
-        m, nbits = _positive_int("pq", "m", m), _positive_int("pq", "nbits", nbits)
+        dim, m = positive_int(dim, "pq: dim", high=2**20), positive_int(m, "pq: m", high=2**20)
+        nbits = positive_int(nbits, "pq: nbits (codes are stored as uint8)", high=8)
         if dim % m:
             raise VectorIndexError(f"pq: dim={dim} is not divisible by m={m}; pick m among {[d for d in range(1, dim + 1) if dim % d == 0][:12]}...")
-        if nbits > 8:
-            raise VectorIndexError(f"pq: nbits must be at most 8 here (codes are stored as uint8), got {nbits}")
-        if max_train_points is not None:
-            max_train_points = _positive_int("pq", "max_train_points", max_train_points)
+        self.n_iter, self.seed, max_train_points = check_training_params("pq", n_iter, seed, max_train_points)
         self.dim, self.m, self.nbits = dim, m, nbits
-        self.n_iter, self.seed = _positive_int("pq", "n_iter", n_iter), int(seed)
         self.dsub, self.ksub = dim // m, 2**nbits
         self.max_train_points = max_train_points
         self.codebooks = np.empty((0, self.ksub, self.dsub), np.float32)  # [m, ksub, dsub] once trained
@@ -110,6 +114,16 @@ class ProductQuantizer:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks}
 
+    def restore(self, arrays: dict[str, np.ndarray], trained: bool, where: str) -> None:
+        """Take saved codebooks, checking their shape (``load_index``)."""
+        shape = (self.m, self.ksub, self.dsub) if trained else (0, self.ksub, self.dsub)
+        self.codebooks = expect_array(arrays, "codebooks", np.float32, shape, where)
+
+    def check_codes(self, codes: np.ndarray, where: str) -> None:
+        """Saved codes must index the codebooks: each below ``2**nbits``."""
+        if codes.size and int(codes.max()) >= self.ksub:
+            raise VectorIndexError(f"{where}: saved PQ codes go up to {int(codes.max())}, but nbits={self.nbits} allows 0..{self.ksub - 1}")
+
 
 @register
 class PQIndex(BaseIndex):
@@ -120,6 +134,8 @@ class PQIndex(BaseIndex):
         nbits: bits per code (1..8).
         n_iter, seed, max_train_points: k-means settings for the codebooks
             (default cap: 64 points per centroid per sub-space).
+
+    Memory per vector: ``m`` bytes of codes and the 8-byte id; plus the codebooks.
     """
 
     kind = "pq"
@@ -127,40 +143,46 @@ class PQIndex(BaseIndex):
 
     def __init__(self, dim: int, metric: str = "l2", m: int = 8, nbits: int = 8, n_iter: int = 15, seed: int = 0,
                  max_train_points: int | None = None) -> None:
-        super().__init__(dim, metric)
         self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
-        self._codes = np.empty((0, self.pq.m), np.uint8)
+        super().__init__(dim, metric)
 
     def params(self) -> dict:
         pq = self.pq
         return {"m": pq.m, "nbits": pq.nbits, "n_iter": pq.n_iter, "seed": pq.seed, "max_train_points": pq.max_train_points}
 
+    def _empty_state(self):
+        return {"codes": np.empty((0, self.pq.m), np.uint8)}
+
     def _train(self, x: np.ndarray) -> None:
         self.pq.train(x)
 
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self._codes = np.concatenate([self._codes, self.pq.encode(x)])
+    def _add(self, state, x, ids):
+        return {"codes": np.concatenate([state["codes"], self.pq.encode(x)])}
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, state, q, k, settings, info):
+        codes = state["codes"]
         keys = np.empty((len(q), k), np.float32)
         rows = np.empty((len(q), k), np.int64)
-        block = max(1, 4_000_000 // len(self._codes))
+        block = max(1, 4_000_000 // len(codes))
         for start in range(0, len(q), block):
             part = q[start : start + block]
-            rows[start : start + block], keys[start : start + block] = topk_smallest(self.pq.adc(self.pq.tables(part, self.metric), self._codes), k)
-        return keys, self._rows_to_ids(rows)
+            rows[start : start + block], keys[start : start + block] = topk_smallest(self.pq.adc(self.pq.tables(part, self.metric), codes), k)
+        return keys, self._rows_to_ids(state, rows)
 
-    def _remove(self, drop: np.ndarray) -> None:
-        self._codes = self._codes[~drop]
+    def _remove(self, state, drop):
+        return {"codes": state["codes"][~drop]}
 
-    def _structure_bytes(self) -> int:
-        return self._codes.nbytes + self.pq.codebooks.nbytes
+    def _structure_bytes(self, state):
+        return state["codes"].nbytes + self.pq.codebooks.nbytes
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"codes": self._codes, **self.pq.arrays()}
+    def _arrays(self, state):
+        return {"codes": state["codes"], **self.pq.arrays()}
 
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self._codes, self.pq.codebooks = arrays["codes"], arrays["codebooks"]
+    def _restore(self, arrays, n, where):
+        self.pq.restore(arrays, self.is_trained, where)
+        codes = expect_array(arrays, "codes", np.uint8, (n, self.pq.m), where)
+        self.pq.check_codes(codes, where)
+        return {"codes": codes}
 
 
 @register
@@ -168,44 +190,54 @@ class IVFPQIndex(BaseIndex):
     """IVF coarse quantizer + PQ-encoded residuals (Faiss's ``IVF{nlist},PQ{m}``).
 
     Args:
-        nlist, nprobe: as for ``"ivf"``.
+        nlist, nprobe: as for ``"ivf"`` (``nprobe`` is a search parameter).
         m, nbits: as for ``"pq"``.
         n_iter, seed, max_train_points: k-means settings (coarse and PQ).
+
+    Memory per vector: ``m`` bytes of codes, a 4-byte precomputed term, an 8-byte row
+    number and the 8-byte id; plus centroids, codebooks and the ``nlist x m x 2**nbits``
+    table of precomputed terms (l2).
     """
 
     kind = "ivfpq"
     needs_training = True
+    search_params = ("nprobe",)
 
     def __init__(self, dim: int, metric: str = "l2", nlist: int = 100, nprobe: int = 8, m: int = 8, nbits: int = 8,
                  n_iter: int = 15, seed: int = 0, max_train_points: int | None = None) -> None:
-        super().__init__(dim, metric)
-        self.nlist, self.nprobe = _positive_int("ivfpq", "nlist", nlist), _positive_int("ivfpq", "nprobe", nprobe)
+        self.nlist = positive_int(nlist, "ivfpq: nlist", high=2**24)
+        self.nprobe = check_nprobe(nprobe, "ivfpq")
         self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
         self.n_iter, self.seed, self.max_train_points = self.pq.n_iter, self.pq.seed, self.pq.max_train_points
+        super().__init__(dim, metric)
         self.quantizer: CoarseQuantizer | None = None
-        self._codes = np.empty((0, self.pq.m), np.uint8)
-        self._rows = np.empty(0, np.int64)
-        self._offsets = np.zeros(self.nlist + 1, np.int64)
-        self._terms = np.empty(0, np.float32)  # per stored vector: ||r_hat||^2 + 2 c.r_hat (l2)
         self._list_tables: np.ndarray | None = None
+
+    def _check_search_params(self, settings):
+        return {"nprobe": check_nprobe(settings["nprobe"], "ivfpq")}
 
     def params(self) -> dict:
         return {"nlist": self.nlist, "nprobe": self.nprobe, "m": self.pq.m, "nbits": self.pq.nbits,
                 "n_iter": self.n_iter, "seed": self.seed, "max_train_points": self.max_train_points}
 
+    def _empty_state(self):
+        return {"codes": np.empty((0, self.pq.m), np.uint8), "terms": np.empty(0, np.float32),  # per vector: ||r_hat||^2 + 2 c.r_hat (l2)
+                "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64)}
+
     def _train(self, x: np.ndarray) -> None:
         if len(x) < max(self.nlist, self.pq.ksub):
             raise VectorIndexError(f"ivfpq: training needs at least max(nlist, 2**nbits)={max(self.nlist, self.pq.ksub)} vectors, got {len(x)}")
         centroids, _ = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=self.max_train_points or 256 * self.nlist)
-        self.quantizer = CoarseQuantizer(centroids, self.metric)
-        self.pq.train(x - centroids[self.quantizer.nearest(x, 1)[:, 0]])
+        quantizer = CoarseQuantizer(centroids, self.metric)
+        self.pq.train(x - centroids[quantizer.nearest(x, 1)[:, 0]])
+        self.quantizer = quantizer
         self._precompute()
 
     def _code_terms(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Per vector, ``||r_hat||^2 + 2 c.r_hat`` (l2; zeros otherwise): the query-free part of its distance."""
-        if self._list_tables is None:
-            return np.zeros(len(codes), np.float32)
         out = np.zeros(len(codes), np.float32)
+        if self._list_tables is None:
+            return out
         for j in range(self.pq.m):
             out += self._list_tables[lists, j, codes[:, j]]
         return out
@@ -219,23 +251,27 @@ class IVFPQIndex(BaseIndex):
         parts = self.quantizer.centroids.reshape(self.nlist, self.pq.m, self.pq.dsub)
         self._list_tables = (np.einsum("mkd,mkd->mk", books, books)[None] + 2 * np.einsum("lmd,mkd->lmk", parts, books)).astype(np.float32)
 
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
+    def _add(self, state, x, ids):
         new_lists = self.quantizer.nearest(x, 1)[:, 0]
         codes = self.pq.encode(x - self.quantizer.centroids[new_lists])
-        terms = self._code_terms(new_lists, codes)
-        order, self._offsets = insert_into_lists(self._offsets, new_lists)
-        self._codes = np.concatenate([self._codes, codes])[order]
-        self._terms = np.concatenate([self._terms, terms])[order]
-        self._rows = np.concatenate([self._rows, rows])[order]
+        order, offsets = insert_into_lists(state["offsets"], new_lists)
+        n_old = len(state["rows"])
+        return {
+            "codes": np.concatenate([state["codes"], codes])[order],
+            "terms": np.concatenate([state["terms"], self._code_terms(new_lists, codes)])[order],
+            "rows": np.concatenate([state["rows"], np.arange(n_old, n_old + len(x))])[order],
+            "offsets": offsets,
+        }
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, state, q, k, settings, info):
         # Blocks of queries keep the per-list copies of query tables (queries x m x 2**nbits) cache-sized.
-        parts = [self._search_block(q[s : s + 1024], k) for s in range(0, len(q), 1024)]
+        parts = [self._search_block(state, q[s : s + 1024], k, settings["nprobe"]) for s in range(0, len(q), 1024)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _search_block(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        probes = self.quantizer.nearest(q, min(self.nprobe, self.nlist))
+    def _search_block(self, state, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        probes = self.quantizer.nearest(q, min(nprobe, self.nlist))
         centroids = self.quantizer.centroids
+        all_codes, all_terms = state["codes"], state["terms"]
         # The query's own table, shared by all the lists it probes: -2 q.r for l2, -q.r for ip.
         query_tables = self.pq.tables(q, "ip") * (2.0 if self.metric == "l2" else 1.0)
         q_dot_c = q @ centroids.T  # [nq, nlist]
@@ -243,31 +279,38 @@ class IVFPQIndex(BaseIndex):
         c_sq = np.einsum("ij,ij->i", centroids, centroids)
 
         def score(lst: int, who: np.ndarray, lo: int, hi: int) -> np.ndarray:
-            codes = self._codes[lo:hi]
+            codes = all_codes[lo:hi]
             if self.metric == "l2":  # ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
                 base = q_sq[who] - 2 * q_dot_c[who, lst] + c_sq[lst]
-                return self.pq.adc(query_tables[who], codes) + self._terms[lo:hi][None, :] + base[:, None]
+                return self.pq.adc(query_tables[who], codes) + all_terms[lo:hi][None, :] + base[:, None]
             return self.pq.adc(query_tables[who], codes) - q_dot_c[who, lst][:, None]  # -q.c - q.r
 
-        keys, rows = scan_probed_lists(probes, self._offsets, self._rows, k, score)
-        return keys, self._rows_to_ids(rows)
+        keys, rows = scan_probed_lists(probes, state["offsets"], state["rows"], k, score)
+        return keys, self._rows_to_ids(state, rows)
 
-    def _remove(self, drop: np.ndarray) -> None:
-        keep, self._rows, self._offsets = remove_from_lists(self._offsets, self._rows, drop)
-        self._codes, self._terms = self._codes[keep], self._terms[keep]
+    def _remove(self, state, drop):
+        keep, rows, offsets = remove_from_lists(state["offsets"], state["rows"], drop)
+        return {"codes": state["codes"][keep], "terms": state["terms"][keep], "rows": rows, "offsets": offsets}
 
-    def _structure_bytes(self) -> int:
+    def _structure_bytes(self, state):
         centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
         tables = self._list_tables.nbytes if self._list_tables is not None else 0
-        return self._codes.nbytes + self._terms.nbytes + self._rows.nbytes + self._offsets.nbytes + centroids + self.pq.codebooks.nbytes + tables
+        return sum(state[name].nbytes for name in ("codes", "terms", "rows", "offsets")) + centroids + self.pq.codebooks.nbytes + tables
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def _arrays(self, state):
         centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
-        return {"centroids": centroids, "codes": self._codes, "terms": self._terms, "rows": self._rows, "offsets": self._offsets, **self.pq.arrays()}
+        return {"centroids": centroids, **{name: state[name] for name in ("codes", "terms", "rows", "offsets")}, **self.pq.arrays()}
 
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        if len(arrays["centroids"]):
-            self.quantizer = CoarseQuantizer(arrays["centroids"], self.metric)
-        self._codes, self._rows, self._offsets, self.pq.codebooks = arrays["codes"], arrays["rows"], arrays["offsets"], arrays["codebooks"]
-        self._terms = arrays["terms"]
+    def _restore(self, arrays, n, where):
+        self.quantizer = restore_quantizer(arrays, self, where)
+        self.pq.restore(arrays, self.is_trained, where)
+        state = {
+            "codes": expect_array(arrays, "codes", np.uint8, (n, self.pq.m), where),
+            "terms": expect_array(arrays, "terms", np.float32, (n,), where),
+            "rows": expect_array(arrays, "rows", np.int64, (n,), where),
+            "offsets": expect_array(arrays, "offsets", np.int64, (self.nlist + 1,), where),
+        }
+        self.pq.check_codes(state["codes"], where)
+        check_list_layout(state, n, self.nlist, where)
         self._precompute()
+        return state
