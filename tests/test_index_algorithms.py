@@ -360,3 +360,15 @@ def test_exact_search_breaks_ties_by_the_lower_id_and_caps_k():
     assert I.tolist() == [[0, 2, 3, 1]] and D.shape == (1, 4)
     with pytest.raises(VectorIndexError, match="k must be a non-negative integer"):
         exact_search(base, base, -1)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"threshold": 1.0}, "minhash: threshold"),
+    ({"threshold": float("nan")}, "minhash: threshold"),
+    ({"num_perm": 10**6}, "minhash: num_perm"),
+    ({"num_perm": 0}, "minhash: num_perm"),
+    ({"seed": -1}, "minhash: seed"),
+])
+def test_minhash_parameters_are_checked(params, message):
+    with pytest.raises(VectorIndexError, match=message):
+        NearDuplicateIndex(**params)

@@ -26,6 +26,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from visual_search._checks import check_int, check_real, check_seed
 from visual_search.errors import VectorIndexError
 
 
@@ -65,9 +66,10 @@ class NearDuplicateIndex:
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, seed: int = 1) -> None:
-        if not 0 < threshold < 1:
-            raise VectorIndexError(f"threshold must be in (0, 1), got {threshold!r}")
-        self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
+        self.threshold = check_real(threshold, "minhash: threshold", low=0, high=1, low_open=True, high_open=True, error=VectorIndexError)
+        # datasketch's band/row optimisation grows with num_perm squared: 4,096 already takes seconds.
+        self.num_perm = check_int(num_perm, "minhash: num_perm", low=16, high=4096, error=VectorIndexError)
+        self.seed = check_seed(seed, "minhash: seed", error=VectorIndexError)
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.tokens: dict[Hashable, set[bytes]] = {}
 
