@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data course test bench train datasets lab lock clean
+.PHONY: help install data course test lint bench train datasets lab lock clean
 
 help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
+	@echo "make lint      install, then ruff over the library, tests, datasets script and notebooks"
 	@echo "make bench     every benchmark (baseline, encoders, ann) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
 	@echo "make lab       open JupyterLab on notebooks/"
@@ -50,9 +51,15 @@ course: data
 	$(PY) -m visual_search.notebook_runner --mode full
 
 # Tests that need the full dataset skip (with the reason) if `data` could not get it.
+# Two pytest workers (pytest-xdist), each single-threaded (tests/conftest.py), fill two cores
+# without oversubscribing them; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory data
-	VISUAL_SEARCH_FAST=1 $(PY) -m pytest
+	VISUAL_SEARCH_FAST=1 $(PY) -m pytest -n $(TEST_WORKERS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lib tests datasets notebooks
 
 bench: data
 	$(PY) -m visual_search.bench

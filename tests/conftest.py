@@ -35,9 +35,10 @@ needs_full_data = pytest.mark.skipif(not FULL_DATA, reason="full Fashion-MNIST n
 
 
 @pytest.fixture(autouse=True)
-def _figures_in_tmp(tmp_path, monkeypatch):
-    """Nothing a test runs may write figures into the repo."""
+def _outputs_in_tmp(tmp_path, monkeypatch):
+    """Nothing a test runs may write figures or results into the repo (or share them with another worker)."""
     monkeypatch.setenv("VISUAL_SEARCH_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("VISUAL_SEARCH_RESULTS", str(tmp_path / "results"))
 
 
 @pytest.fixture(scope="session")
