@@ -54,7 +54,7 @@ def write_container(path: str | os.PathLike, magic: bytes, version: int, header:
         payload: the data.
     """
     if len(magic) != 8:
-        raise ValueError(f"magic must be 8 bytes, got {magic!r}")
+        raise VisualSearchError(f"magic must be 8 bytes, got {magic!r}")
     header_bytes = json.dumps({**header, "payload_bytes": len(payload)}, sort_keys=True).encode()
     blob = _PREFIX.pack(magic, version, len(header_bytes), _digest(version, header_bytes, payload)) + header_bytes + payload
     path = Path(path)
