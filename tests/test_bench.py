@@ -1,64 +1,132 @@
-"""The baseline benchmark runs end to end (fast mode) and writes its JSON and figure."""
+"""Every benchmark runs end to end in fast mode and writes its JSON and figures; the CLI keeps its contract.
+
+Fast mode runs the same code as a full run on less data (each bench module's
+``sizes``), so these smoke tests take seconds. Output goes to a temporary folder.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
 
 from visual_search import bench, config
+from visual_search.evalset import ORACLE
+from visual_search.timing import limit_threads
 
 
-def test_baseline_bench_writes_json_and_figure_and_beats_chance(tmp_path):
-    out = bench.baseline(seed=0)
-    path = config.REPO_ROOT / "build" / "results-fast" / "bench_baseline.json"
-    assert json.loads(path.read_text()) == json.loads(json.dumps(out))
-    assert (config.REPO_ROOT / out["figure"]).resolve() == (config.figures_dir() / "bench_baseline.png").resolve()
-    assert (config.figures_dir() / "bench_baseline.png").stat().st_size > 10_000
-    assert out["queries"] == 100 and out["fast_mode"] is True
-    rand, raw, ideal = (out["metrics"][m] for m in ("random", "raw pixels", bench.ORACLE))
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run each benchmark on one thread: on a shared 2-core machine (other tests, xdist workers) torch's
+    multi-threaded small batches are several times slower than one thread. The test checks the code, not the speed."""
+    with limit_threads(1):
+        yield
+
+
+@pytest.fixture
+def out_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Results and figures in tmp_path: a test never writes into the repository."""
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    monkeypatch.setenv("VISUAL_SEARCH_RESULTS", str(results))
+    monkeypatch.setenv("VISUAL_SEARCH_FIGURES", str(figures))
+    return results, figures
+
+
+def _figure(out_figure: str) -> Path:
+    return (config.REPO_ROOT / out_figure).resolve()
+
+
+def test_baseline_bench_writes_json_and_figure_and_beats_chance(out_dirs):
+    results, figures = out_dirs
+    out = bench.baseline.run(seed=0)
+    assert json.loads((results / "bench_baseline.json").read_text()) == json.loads(json.dumps(out))
+    assert _figure(out["figure"]) == (figures / "bench_baseline.png").resolve()
+    assert (figures / "bench_baseline.png").stat().st_size > 10_000
+    assert out["queries"] == bench.baseline.FAST_QUERIES and out["fast_mode"] is True
+    rand, raw, ideal = (out["metrics"][m] for m in ("random", "raw pixels", ORACLE))
     for metric in ("MRR", "P@10", "mAP@100", "nDCG@10"):
         assert 0 <= rand[metric] < raw[metric] < ideal[metric] <= 1, metric
 
 
-def test_encoder_bench_runs_every_row_in_fast_mode():
-    out = bench.encoders(seed=0)
-    path = config.REPO_ROOT / "build" / "results-fast" / "bench_encoders.json"
-    assert json.loads(path.read_text())["metrics"].keys() == out["metrics"].keys()
+def test_encoder_bench_runs_every_row_in_fast_mode(out_dirs):
+    results, figures = out_dirs
+    out = bench.encoders.run(seed=0)
+    assert json.loads((results / "bench_encoders.json").read_text()) == json.loads(json.dumps(out))
+    assert _figure(out["figure"]) == (figures / "bench_encoders.png").resolve()
+    assert (figures / "bench_encoders.png").stat().st_size > 10_000
     rows = out["metrics"]
     assert list(rows) == ["raw pixels", "random-init CNN", "SimCLR CNN (committed)", "SimCLR CNN, embedding layer", "SimCLR CNN, head", "SimCLR CNN + clicks", "supervised CNN (ceiling)"]
     for row in rows.values():
         assert all(0 <= row[m] <= 1 for m in ("P@1", "P@10", "MRR", "mAP@100", "graded mAP@100", "graded nDCG@10")) and row["images/s"] > 0
     assert rows["SimCLR CNN (committed)"]["P@1"] > rows["random-init CNN"]["P@1"]
     assert 0.5 < out["click_log"]["click_precision"] <= 1
+    assert out["fast_mode"] is True and out["setting"].startswith("100 queries vs 500 gallery images")
 
 
-def test_ann_bench_runs_every_method_and_writes_json_and_figures():
-    from visual_search import bench_ann
-
-    out = bench.ann(seed=0)
-    path = config.REPO_ROOT / "build" / "results-fast" / "bench_ann.json"
-    assert json.loads(path.read_text())["targets"] == json.loads(json.dumps(out["targets"]))
+def test_ann_bench_runs_every_method_and_writes_json_and_figures(out_dirs):
+    results, figures = out_dirs
+    out = bench.ann.run(seed=0)
+    assert json.loads((results / "bench_ann.json").read_text()) == json.loads(json.dumps(out))
     assert out["fast_mode"] is True and out["command"].endswith("--fast")
+    assert set(out["figures"]) == {"pareto", "memory", "kdtree_dimensions"}
     for name, figure in out["figures"].items():
-        assert (config.REPO_ROOT / figure).stat().st_size > 10_000, name
+        assert _figure(figure).parent == figures.resolve() and _figure(figure).stat().st_size > 10_000, name
     for dataset, rows in out["results"].items():
         dim = out["datasets"][dataset]["dim"]
-        expected = {m.name for m in bench_ann.methods_for(dim, out["datasets"][dataset]["n_base"], fast=True)}
+        expected = {m.name for m in bench.ann.methods_for(dim, out["datasets"][dataset]["n_base"], fast=True)}
         assert {r["method"] for r in rows} == expected, dataset
         for r in rows:
             assert 0 <= r["recall@10"] <= 1 and r["qps"] > 0 and r["build_s"] >= 0 and r["bytes_per_vector"] > 0
             if r["kind"] in ("exact", "kdtree", "sklearn-kdtree", "sklearn-balltree") or r["params"].get("factory") == "Flat":
                 assert r["recall@10"] == 1.0, r["method"]
         ivf = [r["recall@10"] for r in rows if r["kind"] == "ivf"]
-        assert ivf == sorted(ivf), "IVF recall must not fall as nprobe grows"
+        assert len(ivf) > 1 and ivf == sorted(ivf), "IVF recall must not fall as nprobe grows"
         pq = next(r for r in rows if r["kind"] == "pq")
         assert pq["bytes_per_vector"] < 0.1 * 4 * dim  # PQ compresses
-    assert [r["dim"] for r in out["kdtree_dimensions"]["rows"]] == [2, 4, 8, 16, 32, 64]
+        lsh = [r for r in rows if r["kind"] == "lsh"]
+        assert all(r["stats"]["candidates_per_query"] >= r["stats"]["reranked_per_query"] > 0 for r in lsh)  # stats= reached the rows
+    dims = out["kdtree_dimensions"]["rows"]
+    assert [r["dim"] for r in dims] == [2, 4, 8, 16, 32, 64]
+    assert all(1 <= r["leaves_visited"] <= r["leaves"] for r in dims)
     assert out["near_duplicates"]["thresholds"]["0.8"]["original_found"] > 0.5
 
 
-def test_bench_cli_fast_flag_and_unknown_names(monkeypatch, capsys):
-    import pytest
+def test_bench_cli_fast_flag_turns_on_fast_mode(out_dirs, monkeypatch):
+    """``python -m visual_search.bench baseline --fast --seed 3`` from a shell where fast mode is off."""
+    results, _ = out_dirs
+    monkeypatch.delenv("VISUAL_SEARCH_FAST")  # restored after the test, whatever the CLI sets
+    assert not config.is_fast()
+    monkeypatch.setattr(sys, "argv", ["python -m visual_search.bench", "baseline", "--fast", "--seed", "3"])
+    runpy.run_module("visual_search.bench", run_name="__main__")  # the package's __main__, as `python -m` runs it
+    assert config.is_fast()
+    out = json.loads((results / "bench_baseline.json").read_text())
+    assert out["fast_mode"] is True and out["seed"] == 3
+    assert out["queries"] == bench.baseline.FAST_QUERIES  # not the full 500: the flag took effect
 
+
+def test_bench_cli_refuses_unknown_names_before_running_anything(out_dirs, monkeypatch, capsys):
+    results, _ = out_dirs
+    monkeypatch.delenv("VISUAL_SEARCH_FAST")
     with pytest.raises(SystemExit):
-        bench.main(["nonsense"])
+        bench.main(["baseline", "nonsense", "--fast"])
     assert "unknown benchmark" in capsys.readouterr().err
+    assert not results.exists() and not config.is_fast()
+    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann"]
+
+
+def test_nothing_imports_bench():
+    """``bench`` sits on top: no library module outside it, and no notebook, may import it."""
+    # `from visual_search.bench[...] import`, `from visual_search import (..., )bench`, `import visual_search.bench`
+    # (and the old bench_ann module)
+    pattern = re.compile(r"^\s*(from\s+visual_search(\.bench(_ann)?\b|\s+import\s+.*\bbench(_ann)?\b)|import\s+visual_search\.bench(_ann)?\b)", re.M)
+    lib = config.REPO_ROOT / "lib" / "visual_search"
+    offenders = [str(p.relative_to(lib)) for p in lib.rglob("*.py") if "bench" not in p.relative_to(lib).parts and pattern.search(p.read_text())]
+    for nb in sorted((config.REPO_ROOT / "notebooks").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        if pattern.search(code):
+            offenders.append(nb.name)
+    assert not offenders, offenders

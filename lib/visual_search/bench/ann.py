@@ -1,19 +1,29 @@
-"""The nearest-neighbour benchmark, in the style of ann-benchmarks.
+"""``bench ann``: the nearest-neighbour benchmark, in the style of ann-benchmarks.
 
     python -m visual_search.bench ann          # full: 60,000 base vectors, 10,000 queries
-    python -m visual_search.bench ann --fast   # the committed sample, small settings (CI)
+    python -m visual_search.bench ann --fast   # a slice of the committed sample, small sweeps (CI)
 
 For every method and every point of its parameter sweep, on one CPU thread:
 recall@10 against exact search, queries per second (batched queries, as Faiss
 and ann-benchmarks' batch mode measure them), build time (train + add), and
 memory (the fixed part, e.g. centroids or tables, plus the bytes each extra
-vector costs, which is what scales to 100 billion images).
+vector costs, which is what scales to 100 billion images). The measuring is
+``visual_search.index.measure`` (``Method``, ``run_method``), which chapters 05
+and 06 call too; this module holds only the benchmark's choices and its plots.
 
 Data: Fashion-MNIST as raw 784-d pixels in [0, 1] (metric l2), and the
 committed SimCLR CNN's L2-normalised embeddings (l2 on unit vectors ranks like
 cosine). Plus two side studies: the KD-tree's speed-up over exact search as the
 dimension grows (PCA of the pixels to 2..64 dimensions), and MinHash LSH for
 near-duplicate detection against brute-force Jaccard.
+
+Sizes (``sizes``): full mode, the 60,000 train images against the 10,000 test
+images, the full sweeps, 2,000 queries for the KD-tree study and 10,000 images
+with 500 planted copies for near-duplicates. Fast mode runs the same code on
+1,000 base vectors and 100 queries from the committed sample, two or three
+points per sweep, 32/16 IVF lists, 6-bit PQ codes (64 centroids per
+sub-quantizer instead of 256: PQ training is most of a fast run), 50 queries for
+the KD-tree study and 500 images with 20 copies.
 
 Every method of one data set runs in the same process, one after another, so
 the ratios in ``targets`` compare numbers measured side by side.
@@ -23,44 +33,40 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import NullFormatter
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from visual_search import config
-from visual_search.index import build_index
-from visual_search.index.backends import FaissIndex
-from visual_search.viz import save_figure
+from visual_search.bench._common import machine, relative, write_result
+from visual_search.index.exact import exact_search
+from visual_search.index.measure import K, Method, kdtree_dimensions, run_method
+from visual_search.timing import Timer
+from visual_search.viz import plot_kdtree_dimensions, save_figure
 
-K = 10
 
-
-@dataclass
-class Method:
-    """One line of the Pareto plot: build once, then sweep one search-time knob."""
-
-    name: str
-    kind: str
-    params: dict[str, Any] = field(default_factory=dict)
-    knob: str | None = None  # e.g. "nprobe"; None: a single point
-    values: tuple = ()
-    max_queries: int | None = None  # slow methods are timed on the first queries only
-    own: bool = True  # written by hand in this course (solid lines) or a library (dashed)
+def sizes(fast: bool) -> dict:
+    """How much data each mode uses (fast mode: the same code on less data, fewer sweep points)."""
+    if fast:
+        return {"n_base": 1000, "n_queries": 100, "dim_queries": 50, "dupe_gallery": 500, "dupe_copies": 20}
+    return {"n_base": None, "n_queries": None, "dim_queries": 2000, "dupe_gallery": 10_000, "dupe_copies": 500}
 
 
 def methods_for(dim: int, n: int, fast: bool) -> list[Method]:
-    """The methods and sweeps for ``n`` base vectors of dimension ``dim``."""
+    """The methods and sweeps for ``n`` base vectors of dimension ``dim`` (fast mode: fewer lists and sweep points)."""
     nlist = 32 if fast else 1024
     pq_nlist = 16 if fast else 256
     m = dim // 8 if dim % 8 == 0 else dim // 4 if dim % 4 == 0 else dim  # 8 (or 4) numbers per sub-quantizer
-    nprobes = (1, 2, 4, 8, 16) if fast else (1, 2, 4, 8, 16, 32, 64)
+    # Codes of 2**nbits centroids per sub-quantizer. Training costs m x 2**nbits k-means
+    # centroids, the bulk of a fast run at 8 bits, so fast mode trains 64 (6 bits).
+    nbits = 6 if fast else 8
+    pq = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"  # Faiss's spelling
+    pq_params = {"m": m} if nbits == 8 else {"m": m, "nbits": nbits}  # 8 is the default
+    nprobes = (1, 4, 16) if fast else (1, 2, 4, 8, 16, 32, 64)  # 16 stays: ``targets`` compares at nprobe=16
+    pq_nprobes = (1, 16) if fast else (1, 4, 16, 64)
     slow = 50 if fast else (200 if dim > 100 else 1000)
     return [
         Method("exact (NumPy)", "exact"),
@@ -68,106 +74,46 @@ def methods_for(dim: int, n: int, fast: bool) -> list[Method]:
         Method("KD-tree", "kdtree", {"leaf_size": 32}, max_queries=slow),
         Method("scikit-learn KD-tree", "sklearn-kdtree", max_queries=slow // 2, own=False),
         Method("scikit-learn ball tree", "sklearn-balltree", max_queries=slow // 2, own=False),
-        Method("LSH 16x16 bits, 16 probes", "lsh", {"n_tables": 16, "n_bits": 16, "n_probes": 16}, "rerank", (50, 100, 200, 400, 800)),
-        Method("LSH 24x16 bits, 16 probes", "lsh", {"n_tables": 24, "n_bits": 16, "n_probes": 16}, "rerank", (200, 400, 800)),
+        Method("LSH 16x16 bits, 16 probes", "lsh", {"n_tables": 16, "n_bits": 16, "n_probes": 16}, "rerank", (100, 400) if fast else (50, 100, 200, 400, 800)),
+        Method("LSH 24x16 bits, 16 probes", "lsh", {"n_tables": 24, "n_bits": 16, "n_probes": 16}, "rerank", (400,) if fast else (200, 400, 800)),
         Method(f"Faiss LSH {max(1024, dim)} bits", "faiss", {"factory": f"LSH{max(1024, dim)}rt"}, own=False),
         Method(f"IVF{nlist}", "ivf", {"nlist": nlist}, "nprobe", nprobes),
         Method(f"Faiss IVF{nlist},Flat", "faiss", {"factory": f"IVF{nlist},Flat"}, "nprobe", nprobes, own=False),
-        Method(f"PQ{m}", "pq", {"m": m}, max_queries=slow),
-        Method(f"IVF{pq_nlist}-PQ{m}", "ivfpq", {"nlist": pq_nlist, "m": m}, "nprobe", (1, 4, 16, 64) if not fast else (1, 4, 16)),
+        Method(pq, "pq", pq_params, max_queries=slow),
+        Method(f"IVF{pq_nlist}-{pq}", "ivfpq", {"nlist": pq_nlist, **pq_params}, "nprobe", pq_nprobes),
         # "np": no polysemous training. It only reorders codes for Hamming pre-filtering (unused
         # here), leaves ADC recall unchanged, and costs about 2 minutes on one thread.
-        Method(f"Faiss IVF{pq_nlist},PQ{m}", "faiss", {"factory": f"IVF{pq_nlist},PQ{m}np"}, "nprobe", (1, 4, 16, 64) if not fast else (1, 4, 16), own=False),
-        Method("Faiss HNSW32", "faiss", {"factory": "HNSW32"}, "efSearch", (16, 32, 64, 128), own=False),
-        Method(f"Annoy {10 if fast else 50} trees", "annoy", {"n_trees": 10 if fast else 50}, "search_k", (500, 2000, 5000, 20000), max_queries=slow * 5, own=False),
+        Method(f"Faiss IVF{pq_nlist},{pq}", "faiss", {"factory": f"IVF{pq_nlist},{pq}np"}, "nprobe", pq_nprobes, own=False),
+        Method("Faiss HNSW32", "faiss", {"factory": "HNSW32"}, "efSearch", (16, 64) if fast else (16, 32, 64, 128), own=False),
+        Method(f"Annoy {10 if fast else 50} trees", "annoy", {"n_trees": 10 if fast else 50}, "search_k",
+               (500, 5000) if fast else (500, 2000, 5000, 20000), max_queries=slow * 5, own=False),
     ]
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found top-k ∩ true top-k| / k (ann-benchmarks' recall)."""
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(found, truth)]))
-
-
-def set_knob(index, knob: str, value) -> None:
-    """Change a search-time parameter in place (no rebuild)."""
-    if isinstance(index, FaissIndex):
-        index.set_search_params(**{knob: value})
-    else:
-        setattr(index, knob, value)
-
-
-def run_method(method: Method, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, metric: str = "l2") -> list[dict]:
-    """Build ``method`` on ``base`` and measure every point of its sweep. Returns one row per point."""
-    index = build_index(method.kind, base.shape[1], metric, **method.params)
-    start = time.perf_counter()
-    index.train(base)
-    fixed = index.memory_bytes()
-    index.add(base)
-    if hasattr(index, "build"):
-        index.build()
-    build_s = time.perf_counter() - start
-    per_vector = (index.memory_bytes() - fixed) / len(base)
-    q = queries[: method.max_queries] if method.max_queries else queries
-    rows = []
-    for value in method.values or (None,):
-        if value is not None:
-            set_knob(index, method.knob, value)
-        index.search(q[:10], K)  # warm-up: first-touch page faults, lazy builds
-        start = time.perf_counter()
-        _, ids = index.search(q, K)
-        seconds = time.perf_counter() - start
-        rows.append({
-            "method": method.name, "kind": method.kind, "own": method.own, "params": method.params,
-            "search": {method.knob: value} if value is not None else {},
-            "recall@10": recall_at_k(ids, truth[: len(q)]), "qps": len(q) / seconds,
-            "build_s": build_s, "bytes_per_vector": per_vector, "fixed_bytes": fixed, "queries": len(q),
-        })
-    return rows
+def _spaced(x: np.ndarray, n: int | None) -> np.ndarray:
+    """``n`` evenly spaced rows of ``x`` (all of them for None): class-balanced, as the sample is stored class by class."""
+    return x if n is None else x[np.linspace(0, len(x) - 1, n).round().astype(np.int64)]
 
 
 def load_datasets(fast: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{name: (base float32 [N, d], queries float32 [Q, d])}``: raw pixels and SimCLR embeddings."""
+    """``{name: (base float32 [N, d], queries float32 [Q, d])}``: raw pixels and SimCLR embeddings (sizes: ``sizes``)."""
     from visual_search.data import load_fashion_mnist, load_sample
     from visual_search.embed import embed
     from visual_search.models import load_pretrained
 
     if fast:
         sample = load_sample()
-        base_images, query_images = sample.gallery_images, sample.query_images
+        size = sizes(fast)
+        base_images, query_images = _spaced(sample.gallery_images, size["n_base"]), _spaced(sample.query_images, size["n_queries"])
     else:
         base_images, query_images = load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
-    pixels = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255.0  # noqa: E731
+    pixels = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255.0
     encoder = load_pretrained()
     base_emb, query_emb = embed(encoder, base_images, progress=not fast), embed(encoder, query_images, progress=not fast)
     return {
         "Fashion-MNIST pixels (784-d)": (pixels(base_images), pixels(query_images)),
         f"SimCLR CNN embeddings ({base_emb.shape[1]}-d)": (base_emb, query_emb),
     }
-
-
-def kdtree_dimensions(base: np.ndarray, queries: np.ndarray, dims=(2, 4, 8, 16, 32, 64), seed: int = 0) -> list[dict]:
-    """Exact search vs the hand-written KD-tree vs scikit-learn's, on PCA projections of ``base``."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(max(dims), random_state=seed).fit(base)
-    b_all, q_all = pca.transform(base).astype(np.float32), pca.transform(queries).astype(np.float32)
-    rows = []
-    for d in tqdm(dims, desc="KD-tree vs dimension", leave=False):
-        b, q = np.ascontiguousarray(b_all[:, :d]), np.ascontiguousarray(q_all[:, :d])
-        row = {"dim": d}
-        for label, kind in (("exact", "exact"), ("kdtree", "kdtree"), ("sklearn", "sklearn-kdtree")):
-            index = build_index(kind, d).add(b)
-            if hasattr(index, "build"):
-                index.build()
-            start = time.perf_counter()
-            index.search(q, K)
-            row[f"{label}_qps"] = len(q) / (time.perf_counter() - start)
-            if kind == "kdtree":
-                row["leaves_visited"], row["leaves"] = index.leaves_visited, len(index.tree.leaf_rows)
-        row["kdtree_speedup"] = row["kdtree_qps"] / row["exact_qps"]
-        row["sklearn_speedup"] = row["sklearn_qps"] / row["exact_qps"]
-        rows.append(row)
-    return rows
 
 
 def near_duplicates(images: np.ndarray, n_copies: int, seed: int = 0) -> dict:
@@ -179,20 +125,20 @@ def near_duplicates(images: np.ndarray, n_copies: int, seed: int = 0) -> dict:
     copies = np.clip(images[pick] * rng.uniform(0.85, 1.15, (n_copies, 1, 1)) + rng.normal(0, 8, (n_copies, 28, 28)), 0, 255).astype(np.uint8)
     out: dict = {"gallery": len(images), "copies": n_copies, "thresholds": {}}
     gallery_tokens = [image_tokens(image) for image in images]
-    start = time.perf_counter()
-    brute = []
-    for copy in copies[:50]:  # brute force: exact Jaccard against every stored set
-        tokens = image_tokens(copy)
-        brute.append([i for i, t in enumerate(gallery_tokens) if jaccard(tokens, t) >= 0.8])
-    out["brute_force_ms_per_query"] = (time.perf_counter() - start) / 50 * 1000
+    n_brute = min(50, n_copies)  # brute force is slow: time it on the first copies only
+    with Timer() as brute_timer:
+        brute = []
+        for copy in copies[:n_brute]:  # exact Jaccard against every stored set
+            tokens = image_tokens(copy)
+            brute.append([i for i, t in enumerate(gallery_tokens) if jaccard(tokens, t) >= 0.8])
+    out["brute_force_ms_per_query"] = brute_timer.seconds / n_brute * 1000
     for threshold in (0.8, 0.9):
         index = NearDuplicateIndex(threshold=threshold)
-        start = time.perf_counter()
-        index.add(list(range(len(images))), images)
-        build_s = time.perf_counter() - start
-        start = time.perf_counter()
-        found = index.query(copies)
-        query_ms = (time.perf_counter() - start) / n_copies * 1000
+        with Timer() as build:
+            index.add(list(range(len(images))), images)
+        with Timer() as search:
+            found = index.query(copies)
+        build_s, query_ms = build.seconds, search.seconds / n_copies * 1000
         out["thresholds"][str(threshold)] = {
             "original_found": float(np.mean([p in f for p, f in zip(pick, found)])),
             "matches_per_query": float(np.mean([len(f) for f in found])),
@@ -200,14 +146,14 @@ def near_duplicates(images: np.ndarray, n_copies: int, seed: int = 0) -> dict:
             "original_first": float(np.mean([bool(f) and f[0] == p for p, f in zip(pick, found)])),
         }
         if threshold == 0.8:  # LSH may miss a pair that brute force finds: its recall vs exact Jaccard
-            pairs = [(f, b) for f, b in zip(found[:50], brute) if b]  # queries with at least one true match
+            pairs = [(f, b) for f, b in zip(found[:n_brute], brute) if b]  # queries with at least one true match
             out["lsh_recall_vs_brute_force"] = float(np.mean([len(set(f) & set(b)) / len(b) for f, b in pairs]))
     return out
 
 
 def targets(rows: list[dict], fast: bool) -> dict:
     """The issue's performance targets, computed from rows measured side by side."""
-    by = lambda name, **search: next((r for r in rows if r["method"] == name and all(r["search"].get(k) == v for k, v in search.items())), None)  # noqa: E731
+    by = lambda name, **search: next((r for r in rows if r["method"] == name and all(r["search"].get(k) == v for k, v in search.items())), None)
     nlist, pq_nlist = (32, 16) if fast else (1024, 256)
     exact, flat = by("exact (NumPy)"), by("Faiss Flat")
     ivf, fivf = by(f"IVF{nlist}", nprobe=16), by(f"Faiss IVF{nlist},Flat", nprobe=16)
@@ -268,27 +214,6 @@ def plot_memory(rows: list[dict], dim: int, title: str):
     return fig
 
 
-def plot_kdtree_dimensions(rows: list[dict]):
-    """Speed-up over exact search, and leaves scanned per query, against dimension."""
-    fig, (speed, leaves) = plt.subplots(1, 2, figsize=(12, 4))
-    dims = [r["dim"] for r in rows]
-    speed.plot(dims, [r["kdtree_speedup"] for r in rows], "-o", label="KD-tree (written here)")
-    speed.plot(dims, [r["sklearn_speedup"] for r in rows], "--s", label="scikit-learn KD-tree")
-    speed.axhline(1, color="k", linewidth=0.8)
-    speed.set(xscale="log", yscale="log", xlabel="dimension (PCA of Fashion-MNIST pixels)", ylabel="QPS / exact search QPS (log)",
-              title="KD-tree speed-up over exact search (above 1 = faster)")
-    speed.legend()
-    leaves.plot(dims, [r["leaves_visited"] for r in rows], "-o")
-    leaves.set(xscale="log", yscale="log", xlabel="dimension", ylabel="leaves scanned per query (log)",
-               title=f"Pruning weakens: leaves scanned of {rows[0]['leaves']:,}")
-    for ax in (speed, leaves):
-        ax.set_xticks(dims, [str(d) for d in dims])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return fig
-
-
 def save_figures(out: dict) -> dict[str, str]:
     """Draw the three figures from a benchmark result (what ``ann`` wrote); returns their paths."""
     results = out["results"]
@@ -299,26 +224,27 @@ def save_figures(out: dict) -> dict[str, str]:
         "kdtree_dimensions": save_figure(plot_kdtree_dimensions(out["kdtree_dimensions"]["rows"]), "bench_ann_kdtree_dims"),
     }
     plt.close("all")
-    return {k: os.path.relpath(v, config.REPO_ROOT) for k, v in figures.items()}
+    return {k: relative(v) for k, v in figures.items()}
 
 
 def replot(path: str | os.PathLike | None = None) -> dict[str, str]:
     """Redraw the figures from a saved ``bench_ann.json`` without re-running (or re-timing) anything."""
-    path = path or config.RESULTS_DIR / "bench_ann.json"
-    return save_figures(json.loads(open(path).read()))
+    path = path or config.results_dir() / "bench_ann.json"
+    return save_figures(json.loads(Path(path).read_text()))
 
 
-def ann(seed: int = 0) -> dict:
-    """Run the whole ANN benchmark; write ``results/bench_ann.json`` and three figures."""
+def run(seed: int = 0) -> dict:
+    """Run the whole ANN benchmark; write ``bench_ann.json`` and three figures. Returns the JSON."""
     import faiss
 
     fast = config.is_fast()
+    size = sizes(fast)
     faiss.omp_set_num_threads(1)
     datasets = load_datasets(fast)
     results: dict[str, list[dict]] = {}
     with threadpool_limits(1):
         for name, (base, queries) in datasets.items():
-            truth = build_index("exact", base.shape[1]).add(base).search(queries, K)[1]
+            truth = exact_search(queries, base, K, metric="l2")[1]
             rows: list[dict] = []
             bar = tqdm(methods_for(base.shape[1], len(base), fast), desc=name[:30])
             for method in bar:
@@ -326,19 +252,18 @@ def ann(seed: int = 0) -> dict:
                 for row in run_method(method, base, queries, truth):
                     row["n_base"] = len(base)
                     rows.append(row)
-                    tqdm.write(f"  {row['method']:32s} {str(row['search']):20s} recall@10={row['recall@10']:.3f} "
+                    tqdm.write(f"  {row['method']:32s} {row['search']!s:20s} recall@10={row['recall@10']:.3f} "
                                f"QPS={row['qps']:9,.0f} build={row['build_s']:6.1f}s B/vec={row['bytes_per_vector']:7,.0f}")
             results[name] = rows
         pixels_base, pixels_queries = next(iter(datasets.values()))
-        n_dim_queries = 200 if fast else 2000
-        dims = kdtree_dimensions(pixels_base, pixels_queries[:n_dim_queries], seed=seed)
+        dims = kdtree_dimensions(pixels_base, pixels_queries[: size["dim_queries"]], seed=seed)
         for row in dims:
             print(f"  dim {row['dim']:3d}: KD-tree {row['kdtree_speedup']:.1f}x exact, scikit-learn {row['sklearn_speedup']:.1f}x, "
                   f"leaves {row['leaves_visited']:.1f}/{row['leaves']}", flush=True)
     from visual_search.data import load_fashion_mnist, load_sample
 
-    gallery = load_sample().gallery_images if fast else load_fashion_mnist("train")[0][:10_000]
-    dupes = near_duplicates(gallery, 50 if fast else 500, seed=seed)
+    gallery = _spaced(load_sample().gallery_images, size["dupe_gallery"]) if fast else load_fashion_mnist("train")[0][: size["dupe_gallery"]]
+    dupes = near_duplicates(gallery, size["dupe_copies"], seed=seed)
     print(f"  MinHash LSH near-duplicates: {json.dumps(dupes['thresholds'])}", flush=True)
 
     first = next(iter(results))
@@ -346,18 +271,15 @@ def ann(seed: int = 0) -> dict:
         "benchmark": "ann",
         "command": "python -m visual_search.bench ann" + (" --fast" if fast else ""),
         "fast_mode": fast, "seed": seed, "k": K, "threads": 1,
-        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": os.cpu_count(),
-                    "faiss": faiss.__version__, "numpy": np.__version__, "load_average": os.getloadavg()},
+        "machine": machine(faiss=faiss.__version__, numpy=np.__version__, load_average=os.getloadavg()),
         "datasets": {name: {"n_base": len(b), "n_queries": len(q), "dim": b.shape[1]} for name, (b, q) in datasets.items()},
         "targets": targets(results[first], fast),
         "results": results,
-        "kdtree_dimensions": {"queries": n_dim_queries, "rows": dims},
+        "kdtree_dimensions": {"queries": min(size["dim_queries"], len(pixels_queries)), "rows": dims},
         "near_duplicates": dupes,
     }
     out["figures"] = save_figures(out)
-    results_dir = config.REPO_ROOT / "build" / "results-fast" if fast else config.RESULTS_DIR
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "bench_ann.json").write_text(json.dumps(out, indent=2) + "\n")
+    path = write_result("bench_ann", out)
     print(f"targets: {json.dumps(out['targets'], indent=2)}")
-    print(f"wrote {results_dir / 'bench_ann.json'} and {', '.join(out['figures'].values())}")
+    print(f"wrote {path} and {', '.join(out['figures'].values())}")
     return out

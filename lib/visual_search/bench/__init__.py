@@ -1,0 +1,62 @@
+"""Benchmarks that write JSON to the results folder and figures to the figures folder.
+
+    python -m visual_search.bench                  # every benchmark (what `make bench` runs)
+    python -m visual_search.bench encoders         # one of them (or several: NAME ...)
+    python -m visual_search.bench ann --fast       # small data, few steps (what CI runs)
+    python -m visual_search.bench --seed 1
+
+``baseline`` (``bench.baseline``): the raw-pixel baseline between a random
+ranking (the floor) and the ideal ranking (each metric's ceiling) on the graded
+evaluation set, measured side by side in one run: every offline metric, and
+nDCG@k for k from 1 to 100.
+
+``encoders`` (``bench.encoders``): raw pixels, a random CNN, the committed
+SimCLR CNN, that CNN fine-tuned on simulated clicks, and a supervised CNN (the
+ceiling): retrieval on 10,000 test queries against the 60,000 train images, the
+graded set, and embedding throughput, all in one run.
+
+``ann`` (``bench.ann``): nearest-neighbour indexes (exact, KD-tree, LSH, IVF, PQ,
+IVF-PQ, and Faiss, Annoy and scikit-learn): recall@10, queries/s, build time and
+memory per method and sweep point.
+
+Output: ``config.results_dir()`` (``results/``; fast mode ``build/results-fast/``;
+``VISUAL_SEARCH_RESULTS`` overrides) gets ``bench_<name>.json``, and
+``config.figures_dir()`` the figures, so a fast run never overwrites committed
+results. ``--fast`` is the same as ``VISUAL_SEARCH_FAST=1``: the same code on
+smaller data (each module's docstring lists its sizes).
+
+This package sits on top of the library, like the notebooks: it may import
+anything, and nothing imports it. What the benchmarks measure with lives below
+(``evalset`` for the reference rankings and scores, ``index.measure`` for the ANN
+harness, ``timing``, ``viz``), so notebooks call the same functions directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+from visual_search.bench import ann, baseline, encoders
+
+#: ``name -> run(seed=0) -> dict``: what ``main`` can run, in the default order.
+BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``python -m visual_search.bench [NAME ...] [--fast] [--seed N]``."""
+    parser = argparse.ArgumentParser(prog="python -m visual_search.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="*", help=f"benchmarks to run, from {list(BENCHMARKS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast", action="store_true", help="small data and few steps (what CI runs); outputs go to build/")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.which) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    if args.fast:
+        os.environ["VISUAL_SEARCH_FAST"] = "1"
+    for name in args.which or BENCHMARKS:
+        BENCHMARKS[name](seed=args.seed)
+
+
+__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main"]
