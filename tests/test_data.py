@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -69,10 +70,109 @@ def test_load_from_a_folder(tiny_split):
     np.testing.assert_array_equal(data.load_fashion_mnist("test", data_dir=folder, checksums=checksums)[0], images)
 
 
-def test_checksum_mismatch_names_the_file(tiny_split):
+def test_checksum_mismatch_names_the_file(tmp_path):
+    # the real files' sizes (10,000 images and labels) but not their contents
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros((10_000, 28, 28), np.uint8))))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(10_000, np.uint8)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: checksum mismatch \(sha256 of the uncompressed bytes"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)  # the real checksums: these are not the real files
+
+
+def test_a_real_file_name_must_have_the_real_size(tiny_split):
     folder, *_ = tiny_split
-    with pytest.raises(DataError, match=r"t10k-\w+-idx\d-ubyte(\.gz)?: checksum mismatch"):
-        data.load_fashion_mnist("test", data_dir=folder)  # the real checksums: these are not the real files
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: header says shape \(6, 28, 28\) \(4,720 bytes\), but this Fashion-MNIST file has 7,840,016"):
+        data.load_fashion_mnist("test", data_dir=folder)  # the real checksums, so the real sizes are expected
+
+
+def test_the_known_sizes_match_the_shapes():
+    assert set(data.EXPECTED_BYTES) == set(data.SHA256)
+    for name, n in (("train-images-idx3-ubyte", 60_000), ("t10k-images-idx3-ubyte", 10_000)):
+        assert data.EXPECTED_BYTES[name] == 16 + n * 28 * 28
+    for name, n in (("train-labels-idx1-ubyte", 60_000), ("t10k-labels-idx1-ubyte", 10_000)):
+        assert data.EXPECTED_BYTES[name] == 8 + n
+
+
+def _peak_bytes(fn) -> int:
+    """Peak Python memory (tracemalloc) while ``fn`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(_idx_bytes(np.arange(4, dtype=np.uint8)) + bytes(32 * 1024**2), compresslevel=9))  # 32 KB on disk
+    assert bomb.stat().st_size < 100_000
+
+    def read(**kwargs):
+        with pytest.raises(DataError, match=r"bomb\.gz: longer than its header says \(shape \(4,\), 12 bytes\)"):
+            data.read_idx(bomb, **kwargs)
+
+    assert _peak_bytes(lambda: read(max_bytes=64)) < 2 * 1024**2  # reading all of it would take 32 MiB
+    assert _peak_bytes(read) < 2 * 1024**2
+
+
+def test_a_plain_file_longer_than_its_header_is_refused(tmp_path):
+    (tmp_path / "long").write_bytes(_idx_bytes(np.arange(4, dtype=np.uint8)) + b"\0")
+    with pytest.raises(DataError, match=r"long: longer than its header says"):
+        data.read_idx(tmp_path / "long")
+
+
+def test_a_header_promising_too_much_is_refused_before_reading(tmp_path):
+    huge = bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (100_000, 1_000, 1_000))  # 100 GB promised
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(huge + bytes(1000)))
+    with pytest.raises(DataError, match=r"huge\.gz: header says shape \(100000, 1000, 1000\) \(100,000,000,016 bytes\), more than the 268,435,456 bytes allowed"):
+        data.read_idx(tmp_path / "huge.gz")
+    (tmp_path / "small").write_bytes(_idx_bytes(np.zeros((2, 3, 4), np.uint8)))
+    with pytest.raises(DataError, match=r"small: header says shape \(2, 3, 4\) \(40 bytes\), more than the 16 bytes allowed \(max_bytes\)"):
+        data.read_idx(tmp_path / "small", max_bytes=16)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "small", max_bytes=40), np.zeros((2, 3, 4)))
+    # a file named like a real one may not promise more than the real one has
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(20_000, np.uint8)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: .*more than the 10,008 bytes allowed"):
+        data.read_idx(tmp_path / "t10k-labels-idx1-ubyte")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DataError, match="max_bytes must be an integer >= 1"):
+            data.read_idx(tmp_path / "small", max_bytes=bad)
+
+
+def test_a_real_file_name_with_a_huge_header_is_refused_before_inflating(tmp_path):
+    promised = bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (10_000_000, 28, 28))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(promised + bytes(16 * 1024**2)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(10_000, np.uint8)))
+
+    def load():
+        with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: header says shape \(10000000, 28, 28\).*has 7,840,016 bytes"):
+            data.load_fashion_mnist("test", data_dir=tmp_path)
+
+    assert _peak_bytes(load) < 2 * 1024**2
+
+
+def test_a_truncated_gzip_is_a_data_error(tmp_path):
+    raw = gzip.compress(_idx_bytes(np.arange(10_000, dtype=np.uint8) % 251))
+    (tmp_path / "cut.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=r"cut\.gz: cannot read"):
+        data.read_idx(tmp_path / "cut.gz")
+
+
+def test_read_idx_gives_a_writable_array(tmp_path):
+    (tmp_path / "a.gz").write_bytes(gzip.compress(_idx_bytes(np.arange(6, dtype=np.uint8).reshape(2, 3))))
+    array = data.read_idx(tmp_path / "a.gz")
+    array[0, 0] = 9
+    assert array.flags.writeable and array.dtype == np.uint8 and array.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"gallery_per_class": 0}, "gallery_per_class must be"), ({"queries_per_class": 2.5}, "queries_per_class must be"), ({"seed": -1}, "seed must be")],
+)
+def test_build_sample_checks_its_arguments(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        data.build_sample(**kwargs)
 
 
 def test_search_order_prefers_visual_search_data(tiny_split, monkeypatch, tmp_path):

@@ -238,3 +238,46 @@ def test_vectorised_binary_metrics_validate():
         M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([2]))
     with pytest.raises(M.MetricError, match="deeper than"):
         M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([3]), ks=(5,))
+
+
+@pytest.mark.parametrize(
+    "hits",
+    [
+        np.array([[1, 2, 0]]),
+        np.array([[0, -1, 1]]),
+        np.array([[0.5, 0.0, 1.0]]),
+        np.array([[np.nan, 0.0, 1.0]]),
+        np.array([["1", "0", "0"]]),
+        np.array([[None, 1, 0]], dtype=object),
+    ],
+)
+def test_vectorised_binary_metrics_refuse_hits_that_are_not_0_or_1(hits):
+    with pytest.raises(M.MetricError, match="hits must be a boolean matrix or 0/1 values"):
+        M.binary_metrics_from_hits(hits, np.array([3]), ks=(1,))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int8, np.int64, np.uint8, np.float32, np.float64])
+def test_vectorised_binary_metrics_accept_bool_and_0_1_numbers(dtype):
+    hits = np.array([[1, 0, 1], [0, 0, 1]])
+    expected = M.binary_metrics_from_hits(hits.astype(bool), np.array([2, 4]), ks=(1, 3))
+    assert M.binary_metrics_from_hits(hits.astype(dtype), np.array([2, 4]), ks=(1, 3)) == expected
+    assert M.binary_metrics_from_hits(hits.astype(dtype).tolist(), [2, 4], ks=(1, 3)) == expected
+
+
+@pytest.mark.parametrize("n_relevant", [np.array([-1]), np.array([2.5]), np.array([2.0]), np.array(["2"]), np.array([True])])
+def test_vectorised_binary_metrics_need_integer_n_relevant(n_relevant):
+    with pytest.raises(M.MetricError, match="n_relevant must be integers >= 0"):
+        M.binary_metrics_from_hits(np.zeros((1, 3), bool), n_relevant, ks=(1,))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, "3", None])
+def test_vectorised_binary_metrics_check_each_k(k):
+    with pytest.raises(M.MetricError, match="k must be a positive integer"):
+        M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([3]), ks=(1, k))
+    assert "P@2" in M.binary_metrics_from_hits(np.ones((1, 3), bool), np.array([3]), ks=(np.int64(2),))
+
+
+def test_average_precision_k_may_be_none_but_not_zero():
+    assert M.average_precision([1, 2], {2}, None) == pytest.approx(0.5)
+    with pytest.raises(M.MetricError, match="k must be a positive integer or None, got 0"):
+        M.average_precision([1, 2], {2}, 0)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
-from visual_search import models
+from visual_search import container, models
+from visual_search import embed as embed_module
 from visual_search.embed import embed
 from visual_search.models import ModelError, build_encoder
 from visual_search.preprocess import ImageError
@@ -72,7 +75,7 @@ def test_seed_makes_initialisation_reproducible_without_touching_global_rng():
     "kwargs, message",
     [
         ({"name": "vgg"}, "unknown encoder 'vgg'"),
-        ({"name": "cnn", "embedding_dim": 0}, "embedding_dim must be a positive integer"),
+        ({"name": "cnn", "embedding_dim": 0}, r"embedding_dim must be an integer in \[1, 8192\], got 0"),
         ({"name": "cnn", "depth": 3}, "cnn: .*depth"),
         ({"name": "resnet18", "width": 3}, "resnet18: unexpected arguments"),
         ({"name": "vit", "pretrained": True}, "pretrained weights are offered for the ResNets only"),
@@ -81,6 +84,57 @@ def test_seed_makes_initialisation_reproducible_without_touching_global_rng():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ModelError, match=message):
         build_encoder(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        *[({"name": "cnn", "embedding_dim": v}, "embedding_dim must be an integer") for v in (0, -1, 2.5, 128.0, True, "128", None, 10**6)],
+        *[({"name": "cnn", "in_channels": v}, "in_channels must be an integer") for v in (0, 1000, 1.0)],
+        *[({"name": "cnn", "image_size": v}, "image_size must be an integer") for v in (0, -28, 100_000, np.float32(28))],
+        *[({"name": "vit", "projection_dim": v}, "projection_dim must be an integer") for v in (0, 10**6, False)],
+        *[({"name": "cnn", "seed": v}, "seed must be an integer") for v in (-1, 2**32, 1.5, "0")],
+        ({"name": "resnet18", "pretrained": "yes"}, "pretrained must be True or False"),
+        # cnn
+        *[({"name": "cnn", arg: v}, f"cnn: {arg} must be an integer") for arg in ("conv_layers", "width", "fc_width") for v in (0, -2, 1.5, True)],
+        ({"name": "cnn", "conv_layers": 6}, r"cnn: conv_layers=6 max-pools a 28 px image 5 times"),  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
+        ({"name": "cnn", "image_size": 7, "conv_layers": 4}, "max-pools a 7 px image 3 times"),
+        ({"name": "cnn", "conv_layers": 4, "width": 8_192}, "cnn: width must be an integer"),
+        ({"name": "cnn", "conv_layers": 4, "width": 1024}, "8,192 channels in the last block, more than 4,096"),
+        # vit
+        *[({"name": "vit", arg: v}, f"vit: {arg} must be an integer") for arg in ("patch_size", "depth", "width", "heads") for v in (0, -1, 2.0, None)],
+        ({"name": "vit", "patch_size": 29}, "multiple of patch_size 29"),  # larger than the image
+        ({"name": "vit", "patch_size": 56, "image_size": 28}, "multiple of patch_size 56"),
+        ({"name": "vit", "patch_size": 5}, "multiple of patch_size 5"),
+        ({"name": "vit", "width": 30, "heads": 4}, "width 30 must be a multiple of heads 4"),
+        # unknown arguments name the accepted ones
+        ({"name": "cnn", "patch_size": 4}, r"cnn: unexpected arguments \['patch_size'\].*'conv_layers', 'width', 'fc_width'"),
+        ({"name": "vit", "conv_layers": 2}, r"vit: unexpected arguments \['conv_layers'\].*'patch_size', 'depth', 'width', 'heads'"),
+        ({"name": "resnet50", "depth": 3}, r"resnet50: unexpected arguments \['depth'\].*'embedding_dim'"),
+    ],
+)
+def test_every_build_argument_is_checked_when_the_encoder_is_built(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        build_encoder(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, image_size",
+    [
+        ({"name": "cnn", "conv_layers": 5, "width": 2, "fc_width": 4, "image_size": 16}, 16),  # pooled down to 1 x 1
+        ({"name": "cnn", "conv_layers": 1, "width": 1, "fc_width": 1, "embedding_dim": 1, "projection_dim": 1}, 28),
+        ({"name": "vit", "patch_size": 28, "depth": 1, "width": 8, "heads": 8}, 28),  # one patch, one dimension per head
+        ({"name": "vit", "patch_size": 1, "depth": 1, "width": 4, "heads": 1, "image_size": 4}, 4),
+        ({"name": "cnn", "seed": None, "width": 2, "fc_width": 4}, 28),
+        ({"name": "cnn", "seed": 2**32 - 1, "embedding_dim": np.int64(8), "width": 2, "fc_width": 4}, 28),
+    ],
+)
+def test_what_the_checks_accept_runs_forward(kwargs, image_size):
+    enc = build_encoder(**kwargs)
+    with torch.no_grad():
+        for layer in models.LAYERS:
+            assert torch.isfinite(enc(torch.randn(2, 1, image_size, image_size), layer=layer)).all()
+    json.dumps(enc.config)  # plain Python values only (a NumPy int became an int)
 
 
 def test_wrong_input_channels():
@@ -100,14 +154,168 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_broken_checkpoints(tmp_path):
-    with pytest.raises(ModelError, match="no such checkpoint"):
+    with pytest.raises(ModelError, match=r"missing\.pt: no such checkpoint"):
         models.load_encoder(tmp_path / "missing.pt")
     enc = build_encoder("cnn", **SMALL["cnn"])
     path = tmp_path / "enc.pt"
     models.save_encoder(enc, path)
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ModelError, match="not a usable encoder checkpoint"):
+    blob = path.read_bytes()
+    for cut in (1000, len(blob) - 1, 60, 4):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(ModelError, match=r"enc\.pt: (checksum mismatch|truncated|not a visual_search checkpoint)"):
+            models.load_encoder(path)
+    path.write_bytes(blob + b"\0")  # padded
+    with pytest.raises(ModelError, match=r"enc\.pt: checksum mismatch"):
         models.load_encoder(path)
+
+
+def _biggest_weight(enc):
+    return max(enc.state_dict().items(), key=lambda kv: kv[1].numel())
+
+
+def test_one_flipped_byte_in_the_weights_is_refused(tmp_path):
+    enc = build_encoder("cnn", seed=1, **SMALL["cnn"])
+    path = tmp_path / "enc.pt"
+    models.save_encoder(enc, path)
+    blob = bytearray(path.read_bytes())
+    key, weight = _biggest_weight(enc)
+    start = bytes(blob).find(weight.numpy().tobytes())  # torch.save stores the tensor's bytes as they are
+    assert start > 0
+    blob[start + weight.numel() * weight.element_size() // 2] ^= 0x10  # one bit, in the middle of that weight
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match=r"enc\.pt: checksum mismatch"):
+        models.load_encoder(path)
+
+
+def test_a_plain_torch_save_file_is_refused_without_unpickling_it(tmp_path, monkeypatch):
+    enc = build_encoder("cnn", **SMALL["cnn"])
+    path = tmp_path / "old.pt"
+    torch.save({"name": enc.name, "config": enc.config, "state_dict": enc.state_dict(), "extra": {}}, path)  # the old format
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load called on an unverified file")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ModelError, match=r"old\.pt: not a visual_search checkpoint.*plain torch\.save file"):
+        models.load_encoder(path)
+    (tmp_path / "text.pt").write_text("hello, world")
+    with pytest.raises(ModelError, match=r"text\.pt: not a visual_search checkpoint"):
+        models.load_encoder(tmp_path / "text.pt")
+
+
+def test_torch_load_is_only_ever_called_weights_only_on_the_verified_payload(tmp_path, monkeypatch):
+    enc = build_encoder("cnn", **SMALL["cnn"])
+    path = tmp_path / "enc.pt"
+    models.save_encoder(enc, path, state={"step": torch.tensor(3), "betas": (0.9, 0.999)})
+    calls = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        calls.append((f, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    checkpoint = models.load_checkpoint(path)
+    assert calls and all(isinstance(f, io.BytesIO) and weights_only is True for f, weights_only in calls)
+    assert checkpoint.state["betas"] == (0.9, 0.999) and checkpoint.state["step"].item() == 3 and checkpoint.format_version == 1
+
+
+def test_a_newer_format_version_is_refused(tmp_path, monkeypatch):
+    enc = build_encoder("cnn", **SMALL["cnn"])
+    path = tmp_path / "future.pt"
+    monkeypatch.setattr(models, "CHECKPOINT_VERSION", 2)
+    models.save_encoder(enc, path)  # a valid checksum, written by "version 2"
+    monkeypatch.setattr(models, "CHECKPOINT_VERSION", 1)
+    with pytest.raises(ModelError, match=r"future\.pt: written by format version 2; this library reads versions 1 to 1"):
+        models.load_encoder(path)
+
+
+def _rewrite(path, edit_header=None, weights=None):
+    """Rewrite a checkpoint with a changed header or weights and a valid checksum (as someone editing it would)."""
+    _, header, payload = container.read_container(path, models.CHECKPOINT_MAGIC, (1, 1), ModelError, "checkpoint")
+    header.pop("payload_bytes")
+    if edit_header:
+        edit_header(header)
+    if weights is not None:
+        buffer = io.BytesIO()
+        torch.save({"state_dict": weights, "state": {}}, buffer)
+        payload = buffer.getvalue()
+    container.write_container(path, models.CHECKPOINT_MAGIC, 1, header, payload)
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
+    enc = build_encoder("cnn", **SMALL["cnn"])
+    path = tmp_path / "enc.pt"
+    models.save_encoder(enc, path)
+    _rewrite(path, edit_header=lambda h: h["config"].update(width=16))
+    with pytest.raises(ModelError, match=r"enc\.pt: weight backbone\.features\.0\.weight is torch\.float32 \[8, 1, 3, 3\], but the architecture needs torch\.float32 \[16, 1, 3, 3\]"):
+        models.load_encoder(path)
+
+    models.save_encoder(enc, path)
+    _rewrite(path, edit_header=lambda h: h["config"].update(conv_layers=2))
+    with pytest.raises(ModelError, match=r"enc\.pt: the weights do not fit a cnn.*unexpected \['backbone\.features"):
+        models.load_encoder(path)
+
+    models.save_encoder(enc, path)
+    _rewrite(path, edit_header=lambda h: h["config"].update(width=0))
+    with pytest.raises(ModelError, match=r"enc\.pt: the saved config does not build an encoder \(cnn: width must be"):
+        models.load_encoder(path)
+
+    double = {k: (v.double() if v.is_floating_point() else v) for k, v in enc.state_dict().items()}
+    models.save_encoder(enc, path)
+    _rewrite(path, weights=double)
+    with pytest.raises(ModelError, match=r"enc\.pt: weight .* is torch\.float64"):
+        models.load_encoder(path)
+
+    broken = dict(enc.state_dict())
+    key, weight = _biggest_weight(enc)
+    broken[key] = torch.full_like(weight, float("nan"))
+    models.save_encoder(enc, path)
+    _rewrite(path, weights=broken)
+    with pytest.raises(ModelError, match=rf"enc\.pt: weight {key} contains NaN"):
+        models.load_encoder(path)
+
+    changed = dict(enc.state_dict())
+    changed[key] = weight + 1
+    models.save_encoder(enc, path)
+    _rewrite(path, weights=changed)  # fits, but are not the weights the header describes
+    with pytest.raises(ModelError, match=r"enc\.pt: the weights give model version cnn-\w{12}, but the header records"):
+        models.load_encoder(path)
+
+
+def test_the_checkpoint_header_is_plain_json(tmp_path):
+    enc = build_encoder("cnn", retrieval_layer="pooled", **SMALL["cnn"])
+    path = tmp_path / "enc.pt"
+    models.save_encoder(enc, path, extra={"note": "test", "curve": [1.5, 2.5]})
+    assert path.read_bytes()[:8] == models.CHECKPOINT_MAGIC
+    _, header, _ = container.read_container(path, models.CHECKPOINT_MAGIC, (1, 1), ModelError, "checkpoint")
+    assert header["name"] == "cnn" and header["config"] == enc.config and header["model_version"] == enc.version
+    assert header["extra"] == {"note": "test", "curve": [1.5, 2.5]}
+    with pytest.raises(ModelError, match="JSON-serialisable"):
+        models.save_encoder(enc, tmp_path / "bad.pt", extra={"weights": torch.zeros(2)})
+    with pytest.raises(ModelError, match="weights_only=True"):
+        models.save_encoder(enc, tmp_path / "bad.pt", state={"fn": len})  # a function is not weights-only data
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_version_is_computed_from_the_weights(tmp_path):
+    a, b = build_encoder("cnn", seed=1, **SMALL["cnn"]), build_encoder("cnn", seed=1, **SMALL["cnn"])
+    assert a.version == b.version and a.version.startswith("cnn-") and len(a.version) == len("cnn-") + 12
+    assert build_encoder("cnn", seed=2, **SMALL["cnn"]).version != a.version
+    models.save_encoder(a, tmp_path / "a.pt")
+    assert models.load_encoder(tmp_path / "a.pt")[0].version == a.version
+    key, _ = _biggest_weight(b)
+    with torch.no_grad():
+        b.state_dict()[key].view(-1)[0] += 1e-3  # one weight changed
+    assert b.version != a.version
+    b.load_state_dict(a.state_dict())
+    assert b.version == a.version
+    b.retrieval_layer = "pooled"  # the same weights embed differently: another version
+    assert b.version != a.version
+    a.train()
+    with torch.no_grad():
+        a(torch.randn(4, 1, 28, 28))  # a forward pass in train mode updates BatchNorm's running statistics
+    assert a.version != models.load_encoder(tmp_path / "a.pt")[0].version
 
 
 def _resnet18_weights_file(torch_home):
@@ -130,6 +338,20 @@ def test_pretrained_resnet_loads_torchvision_weights_from_the_cache(tmp_path, mo
     # one input channel: the pretrained RGB filters are summed (then averaged over the one channel)
     torch.testing.assert_close(enc.backbone.features.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
     assert (enc.mean, enc.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
+
+
+def test_a_pretrained_resnet_checkpoint_loads_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "with-weights"))
+    _resnet18_weights_file(tmp_path / "with-weights")
+    enc = build_encoder("resnet18", pretrained=True, embedding_dim=16)
+    models.save_encoder(enc, tmp_path / "r.pt")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no cached weights: a download would fail
+    loaded = models.load_encoder(tmp_path / "r.pt")[0]  # the 7x7 pretrained stem, not the 3x3 one built from scratch
+    assert loaded.config["pretrained"] is True and (loaded.mean, loaded.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
+    assert loaded.version == enc.version
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), enc(x))
 
 
 def test_pretrained_offline_gives_a_clear_error(tmp_path, monkeypatch):
@@ -183,8 +405,57 @@ def test_embed_rejects_bad_images(images, error, message):
         embed(build_encoder("cnn", **SMALL["cnn"]), images)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, 8.0, True, "8", None])
+def test_embed_rejects_bad_batch_sizes(sample, batch_size):
+    with pytest.raises(ModelError, match="batch_size must be an integer >= 1"):
+        embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:2], batch_size=batch_size)
+
+
 def test_embed_rejects_bad_arguments(sample):
-    with pytest.raises(ModelError, match="batch_size"):
-        embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:2], batch_size=0)
+    assert embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:3], batch_size=np.int64(2)).shape == (3, 128)
     with pytest.raises(ModelError, match="Encoder"):
         embed(torch.nn.Linear(2, 2), sample.query_images[:2])
+    with pytest.raises(ModelError, match="layer must be one of"):
+        embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:2], layer="logits")
+
+
+def _modes(enc):
+    return [m.training for m in enc.modules()]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_embed_restores_the_training_mode(sample, training):
+    enc = build_encoder("cnn", **SMALL["cnn"]).train(training)
+    reference = embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:4])
+    np.testing.assert_array_equal(embed(enc, sample.query_images[:4]), reference)  # always in eval mode
+    assert _modes(enc) == [training] * len(_modes(enc))
+
+
+def test_embed_restores_each_modules_own_mode(sample):
+    enc = build_encoder("cnn", **SMALL["cnn"]).train()
+    enc.head.eval()  # e.g. a frozen head while the backbone trains
+    before = _modes(enc)
+    embed(enc, sample.query_images[:4])
+    assert _modes(enc) == before
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_embed_restores_the_training_mode_when_it_raises(sample, monkeypatch, training):
+    enc = build_encoder("cnn", **SMALL["cnn"]).train(training)
+    with pytest.raises(ImageError, match="empty"):
+        embed(enc, np.zeros((0, 28, 28), np.uint8))
+    assert _modes(enc) == [training] * len(_modes(enc))
+
+    calls = []
+    real = embed_module.preprocess_batch
+
+    def fail_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ImageError("images: failed mid-way")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "preprocess_batch", fail_on_the_second_batch)
+    with pytest.raises(ImageError, match="mid-way"):
+        embed(enc, sample.query_images[:10], batch_size=4)
+    assert len(calls) == 2 and _modes(enc) == [training] * len(_modes(enc))

@@ -329,3 +329,38 @@ def test_resize_accepts_numpy_ints_and_rejects_floats(gray):
 def test_crop_rejects_a_string_box(gray):
     with pytest.raises(ImageError, match="four finite numbers"):
         P.crop(gray, "1234")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": True}, "channels must be 1 or 3"),  # True == 1, but it is not a channel count
+        ({"channels": 3.0}, "channels must be 1 or 3"),
+        ({"channels": 2}, "channels must be 1 or 3"),
+        ({"mean": "0.5"}, "mean must be finite"),
+        ({"std": None}, "std finite and positive"),
+        ({"std": True}, "std finite and positive"),
+        ({"size": True}, "size must be"),
+        ({"size": (28, True)}, "size must be"),
+        ({"size": "28"}, "size must be"),
+        ({"size": (28, 28, 28)}, "size must be"),
+    ],
+)
+def test_both_pipelines_refuse_bad_parameters_with_image_errors(kwargs, message):
+    with pytest.raises(ImageError, match=message):
+        P.preprocess_batch(np.zeros((1, 28, 28), dtype=np.uint8), **kwargs)
+    with pytest.raises(ImageError, match=message):
+        P.make_transform(**kwargs)
+
+
+def test_good_parameters_in_numpy_types_are_accepted():
+    out = P.preprocess_batch(np.zeros((1, 28, 28), dtype=np.uint8), size=(np.int32(14), 14), mean=np.float32(0.5), std=np.float64(0.25), channels=np.int64(3))
+    assert out.shape == (1, 3, 14, 14)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"background": True}, "background must be"), ({"background": 256}, "background must be"), ({"max_pixels": 0}, "max_pixels must be"), ({"max_pixels": 1.5e6}, "max_pixels must be")])
+def test_load_image_checks_its_numbers(tmp_path, gray, kwargs, message):
+    path = _save(Image.fromarray(gray), tmp_path / "g.png")
+    with pytest.raises(ImageError, match=message):
+        P.load_image(path, **kwargs)
+    assert P.load_image(path, background=np.uint8(0), max_pixels=np.int64(10_000)).shape == gray.shape

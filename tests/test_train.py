@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 
 from visual_search import models
 from visual_search.embed import embed
-from visual_search.train import TrainConfig, TrainError, finalize_checkpoint, knn_precision_at_1, train_simclr
+from visual_search.train import TrainConfig, TrainError, finalize_checkpoint, finetune_on_pairs, knn_precision_at_1, train_simclr, train_supervised
 
 TINY = dict(epochs=2, batch_size=64, limit=256, encoder_args={"conv_layers": 2, "width": 4, "fc_width": 16})
 
@@ -37,6 +39,51 @@ def test_resume_continues_exactly_where_it_stopped(sample, tmp_path):
         train_simclr(TrainConfig(**{**TINY, "lr": 0.1}), sample.gallery_images, out=path, resume=True, progress=False)
 
 
+def test_resume_reads_the_checkpoint_weights_only_through_the_verified_loader(sample, tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, progress=False, stop_after=1)
+    assert path.read_bytes()[:8] == models.CHECKPOINT_MAGIC
+    checkpoint = models.load_checkpoint(path)
+    assert set(checkpoint.state) == {"optimiser", "schedule", "generator"}
+    assert checkpoint.extra["train_state"]["cfg"]["augment_args"]["crop_scale"] == [0.6, 1.0]  # JSON: the tuple is a list
+    calls = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        calls.append((f, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    _, history = train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
+    assert len(history) == 2
+    assert calls and all(isinstance(f, io.BytesIO) and weights_only is True for f, weights_only in calls)
+
+
+def test_resume_refuses_a_damaged_or_foreign_checkpoint(sample, tmp_path):
+    path = tmp_path / "run.pt"
+    train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, progress=False, stop_after=1)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(TrainError, match=r"cannot resume: .*run\.pt: checksum mismatch"):
+        train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
+    torch.save({"extra": {"train_state": {}}}, path)  # a plain pickle is never unpickled
+    with pytest.raises(TrainError, match=r"cannot resume: .*run\.pt: not a visual_search checkpoint"):
+        train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
+    enc = models.build_encoder("cnn", seed=0, **TINY["encoder_args"])
+    models.save_encoder(enc, path, extra={"note": "not a training checkpoint"})
+    with pytest.raises(TrainError, match="not a training checkpoint"):
+        train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
+
+
+def test_training_changes_the_model_version(sample, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    before = models.build_encoder(cfg.encoder, seed=cfg.seed, **cfg.encoder_args)
+    trained, _ = train_simclr(cfg, sample.gallery_images, out=tmp_path / "run.pt", progress=False)
+    assert trained.version != before.version
+    assert models.load_encoder(tmp_path / "run.pt")[0].version == trained.version
+
+
 def test_history_has_loss_monitor_and_time(sample):
     _, history = train_simclr(TrainConfig(**{**TINY, "epochs": 1}), sample.gallery_images, monitor=sample, progress=False)
     (record,) = history
@@ -56,7 +103,7 @@ def test_final_checkpoint_is_small_and_records_provenance(sample, tmp_path):
 @pytest.mark.parametrize(
     "cfg, images, message",
     [
-        (TrainConfig(**{**TINY, "epochs": 0}), None, "epochs must be >= 1"),
+        (TrainConfig(**{**TINY, "epochs": 0}), None, r"TrainConfig\.epochs must be an integer >= 1, got 0"),
         (TrainConfig(**{**TINY, "limit": 10}), None, "fewer than one batch"),
         (TrainConfig(**TINY), np.zeros((300, 28, 28), np.float32), "expected uint8"),
     ],
@@ -64,11 +111,56 @@ def test_final_checkpoint_is_small_and_records_provenance(sample, tmp_path):
 def test_bad_training_arguments(sample, cfg, images, message):
     with pytest.raises(TrainError, match=message):
         train_simclr(cfg, sample.gallery_images if images is None else images, progress=False)
+
+
+@pytest.mark.parametrize(
+    "field, values",
+    [
+        ("epochs", [0, -1, 2.0, True, "2", None]),
+        ("batch_size", [0, 1, 64.0, False]),  # NT-Xent needs at least 2 images per batch
+        ("lr", [0, -1e-3, float("nan"), float("inf"), "0.1", None]),
+        ("weight_decay", [-1e-5, float("nan"), None]),
+        ("temperature", [0, -0.2, float("inf"), True]),
+        ("seed", [-1, 2**32, 0.5, None]),
+        ("limit", [0, -5, 256.0]),  # limit=0 used to mean "all the images"
+        ("encoder_args", [None, [("width", 4)]]),
+    ],
+)
+def test_every_config_field_is_checked_by_name(sample, field, values):
+    for value in values:
+        with pytest.raises(TrainError, match=rf"TrainConfig\.{field} must be"):
+            train_simclr(TrainConfig(**{**TINY, field: value}), sample.gallery_images, progress=False)
+
+
+def test_numpy_numbers_in_the_config_are_accepted_and_saved_as_json(sample, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": np.int64(1), "batch_size": np.int32(64), "lr": np.float32(2e-3), "seed": np.uint8(0)})
+    train_simclr(cfg, sample.gallery_images, out=tmp_path / "run.pt", progress=False)
+    assert models.load_checkpoint(tmp_path / "run.pt").extra["train_state"]["cfg"]["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda enc, s: train_supervised(enc, s.gallery_images, s.gallery_labels, epochs=0), "epochs must be an integer >= 1"),
+        (lambda enc, s: train_supervised(enc, s.gallery_images, s.gallery_labels, lr=0), "lr must be a finite number > 0"),
+        (lambda enc, s: train_supervised(enc, s.gallery_images, s.gallery_labels.astype(float)), "integer class ids"),
+        (lambda enc, s: train_supervised(enc, s.gallery_images[:10], s.gallery_labels[:10], batch_size=64), "fewer than one batch"),
+        (lambda enc, s: finetune_on_pairs(enc, s.gallery_images, np.arange(8), np.arange(8), batch_size=1), "batch_size must be an integer >= 2"),
+        (lambda enc, s: finetune_on_pairs(enc, s.gallery_images, np.arange(8), np.arange(8), batch_size=4, temperature=0), "temperature must be"),
+        (lambda enc, s: finetune_on_pairs(enc, s.gallery_images, np.arange(8.0), np.arange(8.0), batch_size=4), "integer id arrays"),
+        (lambda enc, s: finetune_on_pairs(enc, s.gallery_images, np.arange(8), np.arange(8), batch_size=4, seed=-1), "seed must be"),
+    ],
+)
+def test_supervised_and_pair_training_check_their_arguments(sample, call, message):
+    with pytest.raises(TrainError, match=message):
+        call(models.build_encoder("cnn", **TINY["encoder_args"]), sample)
 def test_committed_checkpoint_loads_and_beats_a_random_encoder(sample):
     if not models.CHECKPOINT_PATH.exists():
         pytest.fail(f"{models.CHECKPOINT_PATH} is missing: train it with the command in its .json file")
     trained = models.load_pretrained()
-    assert models.CHECKPOINT_PATH.stat().st_size < 10_000_000
+    assert models.CHECKPOINT_PATH.stat().st_size < 1_000_000
+    assert models.CHECKPOINT_PATH.read_bytes()[:8] == models.CHECKPOINT_MAGIC  # the checksummed format, not a bare pickle
+    assert trained.version == models.load_pretrained().version
     e = embed(trained, sample.query_images[:4])
     assert trained.retrieval_layer == "pooled"  # measured best for retrieval (results/bench_encoders.json)
     assert e.shape == (4, 64) and e.dtype == np.float32  # 16 -> 32 -> 64 channels, globally pooled

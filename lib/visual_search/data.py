@@ -12,6 +12,12 @@ Every file is checked against the SHA-256 of its *uncompressed* bytes, so the
 same check covers Debian's re-compressed ``.gz`` files, torchvision's originals
 and plain uncompressed copies.
 
+Decompression is bounded: the reader parses the IDX header first, refuses a
+size above the limit (for the real files, exactly their known size; otherwise
+``max_bytes``), inflates exactly the bytes the header promises and refuses a file
+that goes on after them. A small ``.gz`` that would expand to gigabytes (a
+"gzip bomb") is refused after a few kilobytes, whatever its header says.
+
 The committed sample (``datasets/fashion_mnist_sample.npz``) is loaded with
 ``load_sample()``; fast mode and the unit tests use it.
 """
@@ -21,14 +27,17 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from visual_search import config
+from visual_search._checks import check_int, check_seed
 from visual_search.errors import DataError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: The ten classes, in label order (label 0 is "T-shirt/top").
@@ -75,6 +84,20 @@ SHA256: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
+#: The uncompressed size of each real file (the IDX header plus 28 x 28 bytes per image, or one byte per label).
+#: When a file's real checksum is expected, its header must promise exactly this many bytes.
+EXPECTED_BYTES: dict[str, int] = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
+
+#: ``read_idx`` refuses an IDX file whose header promises more bytes than this (uncompressed).
+DEFAULT_MAX_IDX_BYTES = 256 * 1024**2
+
+_CHUNK = 1 << 20  # inflate in 1 MiB steps
+
 SAMPLE_PATH = config.DATASETS_DIR / "fashion_mnist_sample.npz"
 
 HOW_TO_GET_DATA = (
@@ -88,53 +111,107 @@ HOW_TO_GET_DATA = (
 
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzip-compressed or not.
+def read_idx(path: str | Path, max_bytes: int = DEFAULT_MAX_IDX_BYTES) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzip-compressed or not, without inflating more than it promises.
 
     The header is 2 zero bytes, a type byte (0x08 = uint8), a byte giving the
-    number of dimensions, then one big-endian uint32 per dimension.
+    number of dimensions, then one big-endian uint32 per dimension. The header is
+    read first; the size it promises is checked against ``max_bytes`` (and, for a
+    file named like a real Fashion-MNIST file, against that file's known size)
+    before the data is read.
 
     Args:
         path: the ``.gz`` or uncompressed file.
+        max_bytes: refuse a file whose header promises more uncompressed bytes than this.
 
     Returns:
-        A uint8 array of the shape the header gives.
+        A (writable) uint8 array of the shape the header gives.
 
     Raises:
-        DataError: if the file is not valid IDX, or its size disagrees with its header.
+        DataError: if the file is not valid IDX, promises more than the limit, is
+            shorter or longer than its header says, or is a corrupt ``.gz``.
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    return _parse_idx(raw, path).copy()  # frombuffer views are read-only
+    max_bytes = check_int(max_bytes, "max_bytes", low=1, error=DataError)
+    known = EXPECTED_BYTES.get(path.name.removesuffix(".gz"))
+    raw = _read_idx_bytes(path, max_bytes if known is None else min(max_bytes, known))
+    return _parse_idx(raw, path)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_idx_bytes(path: Path, max_bytes: int, exact_bytes: int | None = None) -> bytearray:
+    """The uncompressed bytes of an IDX file (header included), reading no more than its header promises.
+
+    Args:
+        path: the ``.gz`` or uncompressed file.
+        max_bytes: refuse a header that promises more than this.
+        exact_bytes: if given, the header must promise exactly this many bytes.
+
+    Raises:
+        DataError: as ``read_idx``.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
+            compressed = f.read(2) == b"\x1f\x8b"
             f.seek(0)
-            if head == b"\x1f\x8b":
-                with gzip.GzipFile(fileobj=f) as g:
-                    return g.read()
-            return f.read()
+            if not compressed:
+                return _read_bounded(f, path, max_bytes, exact_bytes)
+            with gzip.GzipFile(fileobj=f) as g:
+                return _read_bounded(g, path, max_bytes, exact_bytes)
     except (OSError, EOFError, zlib.error) as e:  # missing, unreadable, or a corrupt .gz
         raise DataError(f"{path}: cannot read ({e}); delete it and fetch it again.\n{HOW_TO_GET_DATA}") from e
 
 
-def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+def _read_bounded(stream: BinaryIO, path: Path, max_bytes: int, exact_bytes: int | None) -> bytearray:
+    head = _read_up_to(stream, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise DataError(f"{path}: IDX type 0x{raw[2]:02x} is not uint8 (0x08)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
+    if head[2] != 0x08:
+        raise DataError(f"{path}: IDX type 0x{head[2]:02x} is not uint8 (0x08)")
+    ndim = head[3]
+    dims = _read_up_to(stream, 4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    header = 4 + 4 * ndim
+    total = header + math.prod(shape)
+    if exact_bytes is not None and total != exact_bytes:
+        raise DataError(
+            f"{path}: header says shape {shape} ({total:,} bytes), but this Fashion-MNIST file has {exact_bytes:,} bytes; "
+            f"the file is corrupt or not Fashion-MNIST; delete it and fetch it again.\n{HOW_TO_GET_DATA}"
+        )
+    if total > max_bytes:
+        raise DataError(f"{path}: header says shape {shape} ({total:,} bytes), more than the {max_bytes:,} bytes allowed (max_bytes); refusing to read it")
+    buf = bytearray(total)
+    buf[:header] = head + dims
+    view = memoryview(buf)
+    filled = header
+    while filled < total:
+        n = stream.readinto(view[filled : min(total, filled + _CHUNK)])
+        if not n:
+            raise DataError(f"{path}: header says shape {shape} ({total:,} bytes) but the file has only {filled:,} bytes (truncated)")
+        filled += n
+    if stream.read(1):  # also makes gzip check the stream's CRC and length
+        raise DataError(f"{path}: longer than its header says (shape {shape}, {total:,} bytes); refusing to read on")
+    return buf
+
+
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the stream)."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _parse_idx(raw: bytearray, path: Path) -> np.ndarray:
+    """View the bytes ``_read_idx_bytes`` checked as the array their header describes."""
+    ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _find_file(directory: Path, name: str) -> Path | None:
@@ -145,7 +222,14 @@ def _find_file(directory: Path, name: str) -> Path | None:
 
 
 def _read_verified(path: Path, name: str, checksums: dict[str, str]) -> np.ndarray:
-    raw = _read_bytes(path)
+    """Read ``path`` (the file ``name``) within its size bound and check its SHA-256 against ``checksums[name]``.
+
+    When the real file's checksum is expected, the header must promise exactly the
+    real file's size (``EXPECTED_BYTES``); with other checksums (a test's own
+    files) the bound is ``DEFAULT_MAX_IDX_BYTES``.
+    """
+    exact = EXPECTED_BYTES.get(name) if checksums[name] == SHA256.get(name) else None
+    raw = _read_idx_bytes(path, DEFAULT_MAX_IDX_BYTES, exact_bytes=exact)
     digest = hashlib.sha256(raw).hexdigest()
     if digest != checksums[name]:
         raise DataError(
@@ -298,11 +382,20 @@ def build_sample(gallery_per_class: int = 200, queries_per_class: int = 50, seed
 
     Returns:
         A ``Sample``, each part sorted by label and then by source index.
+
+    Raises:
+        DataError: for a count that is not a positive integer or exceeds a class's
+            images, a bad seed, or data that cannot be loaded.
     """
-    rng = np.random.default_rng(seed)
+    gallery_per_class = check_int(gallery_per_class, "gallery_per_class", low=1, error=DataError)
+    queries_per_class = check_int(queries_per_class, "queries_per_class", low=1, error=DataError)
+    rng = np.random.default_rng(check_seed(seed, "seed", error=DataError))
 
     def draw(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, labels = load_fashion_mnist(split)
+        fewest = int(np.bincount(labels, minlength=len(CLASS_NAMES)).min())
+        if per_class > fewest:
+            raise DataError(f"{split}: cannot draw {per_class} images per class; the smallest class has {fewest}")
         index = np.concatenate(
             [np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in range(len(CLASS_NAMES))]
         ).astype(np.int64)

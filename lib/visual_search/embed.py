@@ -15,13 +15,18 @@ import numpy as np
 import torch
 from tqdm import tqdm  # plain text bars: work in a terminal and in Jupyter without ipywidgets
 
-from visual_search.models import Encoder, ModelError
+from visual_search._checks import check_int
+from visual_search.models import LAYERS, Encoder, ModelError
 from visual_search.preprocess import ImageError, preprocess_batch
 
 
 @torch.no_grad()
 def embed(encoder: Encoder, images: np.ndarray, batch_size: int = 256, layer: str | None = None, progress: bool | None = None) -> np.ndarray:
     """Embed uint8 images ``[N, H, W]`` (as ``load_fashion_mnist`` returns them).
+
+    The encoder runs in eval mode (BatchNorm uses its running statistics), and
+    every module's training flag is put back as it was afterwards, also when
+    this raises, so ``embed`` can be called in the middle of training.
 
     Args:
         encoder: any ``Encoder`` (see ``visual_search.models``).
@@ -36,30 +41,32 @@ def embed(encoder: Encoder, images: np.ndarray, batch_size: int = 256, layer: st
 
     Raises:
         ImageError: for images of the wrong dtype or shape.
-        ModelError: for a bad batch size or something that is not an Encoder.
+        ModelError: for a bad batch size or layer, or something that is not an Encoder.
     """
     if not isinstance(encoder, Encoder):
         raise ModelError(f"encoder: expected a visual_search.models.Encoder, got {type(encoder).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", low=1, error=ModelError)
+    if layer is not None and layer not in LAYERS:
+        raise ModelError(f"layer must be one of {LAYERS}, got {layer!r}")
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
         got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
         raise ImageError(f"images: expected a uint8 array [N, H, W], got {got}")
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
     if len(images) == 0:
         raise ImageError("images: empty batch, nothing to embed")
+    device = next(encoder.parameters()).device
     parts = []
     starts = range(0, len(images), batch_size)
     show = progress if progress is not None else len(starts) > 20
+    modes = [(module, module.training) for module in encoder.modules()]  # each module's own flag, not just the top one
     try:
+        encoder.eval()
         for start in tqdm(starts, desc=f"embedding {len(images):,} images", disable=not show, leave=False):
             batch = images[start : start + batch_size]
             x = preprocess_batch(batch, size=encoder.image_size, mean=encoder.mean, std=encoder.std, channels=encoder.in_channels)
             parts.append(encoder(x.to(device), layer=layer).float().cpu().numpy())
     finally:
-        encoder.train(was_training)
+        for module, training in modes:
+            module.training = training
     return np.concatenate(parts)
 
 

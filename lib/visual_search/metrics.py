@@ -38,26 +38,26 @@ import math
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from visual_search._checks import check_int
 from visual_search.errors import MetricError  # noqa: F401  (re-exported: raised here, importable from here)
 
 MIN_GRADE, MAX_GRADE = 0, 5
 
 
-
-
-def _check_k(k: int | None, allow_none: bool = False) -> None:
-    if k is None and allow_none:
-        return
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise MetricError(f"k must be a positive integer, got {k!r}")
+def _check_k(k: int | None, allow_none: bool = False) -> int | None:
+    """``k`` as an int >= 1 (or None, if allowed); the message is the one the module docstring promises."""
+    try:
+        return check_int(k, "k", low=1, error=MetricError, allow_none=allow_none)
+    except MetricError:
+        raise MetricError(f"k must be a positive integer{' or None' if allow_none else ''}, got {k!r}") from None
 
 
 def _check_grades(grades: Mapping[Hashable, int]) -> None:
     if not isinstance(grades, Mapping):
         raise MetricError(f"grades must be a mapping from id to grade, got {type(grades).__name__}")
     for item, grade in grades.items():
-        if isinstance(grade, bool) or not isinstance(grade, (int, np.integer)) or not MIN_GRADE <= grade <= MAX_GRADE:
-            raise MetricError(f"grade of id {item!r} must be an integer in {MIN_GRADE}..{MAX_GRADE}, got {grade!r}")
+        check_int(grade, f"grade of id {item!r}", low=MIN_GRADE, high=MAX_GRADE, error=MetricError)
 
 
 def _ranked_list(ranked: Sequence[Hashable]) -> list[Hashable]:
@@ -195,8 +195,10 @@ def mean_ndcg_at_k(ranked_lists: Sequence[Sequence[Hashable]], grade_maps: Seque
 
 def relevant_from_grades(grades: Mapping[Hashable, int], threshold: int) -> set[Hashable]:
     """The ids whose grade is at least ``threshold`` (1..5): turns graded relevance into binary."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or not 1 <= threshold <= MAX_GRADE:
-        raise MetricError(f"threshold must be an integer in 1..{MAX_GRADE}, got {threshold!r}")
+    try:
+        check_int(threshold, "threshold", low=1, high=MAX_GRADE, error=MetricError)
+    except MetricError:
+        raise MetricError(f"threshold must be an integer in 1..{MAX_GRADE}, got {threshold!r}") from None
     _check_grades(grades)
     return {item for item, grade in grades.items() if grade >= threshold}
 
@@ -210,17 +212,25 @@ def binary_metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Itera
     items query q has in total. Tested against the loop versions.
 
     Args:
-        hits: bool ``[Q, K]``.
-        n_relevant: int ``[Q]``, each >= the hits in its row.
-        ks: the k values for P@k and R@k (each <= K).
+        hits: ``[Q, K]``, bool, or integers or floats that are all 0 or 1.
+        n_relevant: integers ``[Q]``, each >= the hits in its row (so >= 0).
+        ks: the k values for P@k and R@k (each a positive integer <= K).
 
     Returns:
         ``{"MRR", "P@k", "R@k" for each k, f"mAP@{K}"}``, means over queries.
+
+    Raises:
+        MetricError: for hits that are not 0/1 (2, -1, 0.5, NaN, strings), n_relevant
+            that are not integers >= the row's hits, mismatched shapes, or a bad k.
     """
-    hits = np.asarray(hits, dtype=bool)
+    hits = _hit_matrix(hits)
     n_relevant = np.asarray(n_relevant)
     if hits.ndim != 2 or n_relevant.shape != (hits.shape[0],) or hits.shape[0] == 0:
         raise MetricError(f"hits must be [Q > 0, K] and n_relevant [Q], got {list(hits.shape)} and {list(n_relevant.shape)}")
+    if n_relevant.dtype.kind not in "iu":
+        raise MetricError(f"n_relevant must be integers >= 0, got dtype {n_relevant.dtype}")
+    if (n_relevant < 0).any():
+        raise MetricError(f"n_relevant must be integers >= 0, got {n_relevant.min().item()}")
     if (n_relevant < hits.sum(axis=1)).any():
         raise MetricError("n_relevant is smaller than the number of hits for some query")
     depth = hits.shape[1]
@@ -230,10 +240,24 @@ def binary_metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Itera
     denominator = np.maximum(n_relevant, 1)  # no relevant items: AP and R@k are 0, as above
     out = {"MRR": float(np.mean(1.0 / first))}
     for k in ks:
-        _check_k(k)
+        k = _check_k(k)
         if k > depth:
             raise MetricError(f"k={k} is deeper than the {depth} ranked positions given")
         out[f"P@{k}"] = float(hits[:, :k].sum(axis=1).mean() / k)
         out[f"R@{k}"] = float(np.mean(hits[:, :k].sum(axis=1) / denominator))
     out[f"mAP@{depth}"] = float(np.mean((precision_at_i * hits).sum(axis=1) / denominator))
     return out
+
+
+def _hit_matrix(hits: np.ndarray) -> np.ndarray:
+    """``hits`` as a bool array: bool as it is, integers or floats only if every value is 0 or 1."""
+    hits = np.asarray(hits)
+    if hits.dtype == bool:
+        return hits
+    if hits.dtype.kind in "iuf":
+        ok = (hits == 0) | (hits == 1)  # NaN is neither
+        if ok.all():
+            return hits.astype(bool)
+        bad = hits[~ok].flat[0].item()
+        raise MetricError(f"hits must be a boolean matrix or 0/1 values, got {bad!r} (dtype {hits.dtype})")
+    raise MetricError(f"hits must be a boolean matrix or 0/1 values, got dtype {hits.dtype}")

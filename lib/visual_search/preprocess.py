@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+from visual_search._checks import check_int, check_real
 from visual_search.errors import ImageError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: Mean and std of the Fashion-MNIST train split's pixels after scaling to [0, 1]
@@ -80,8 +81,8 @@ def load_image(
     """
     if mode not in MODES:
         raise ImageError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(background, bool) or not isinstance(background, (int, np.integer)) or not 0 <= background <= 255:
-        raise ImageError(f"background must be an integer grey level 0..255, got {background!r}")
+    background = check_int(background, "background", low=0, high=255, error=ImageError)
+    max_pixels = check_int(max_pixels, "max_pixels", low=1, error=ImageError)
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
@@ -102,7 +103,7 @@ def load_image(
                     raise ImageError(f"{path}: image has zero size ({width}x{height})")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_mode(img, mode, path, int(background))
+                return _to_mode(img, mode, path, background)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -215,18 +216,32 @@ def _as_chw_tensor(image: np.ndarray) -> torch.Tensor:
 def _check_size(size: int | Sequence[int]) -> list[int]:
     """``size`` as ``[height, width]``: an int gives a square; each side must be a positive integer."""
     sides = [size, size] if isinstance(size, (int, np.integer)) else size
+    message = f"size must be a positive int or (height, width) of positive ints, got {size!r}"
+    if isinstance(sides, (str, bytes)) or not isinstance(sides, (Sequence, np.ndarray)) or len(sides) != 2:
+        raise ImageError(message)
     try:
-        sides = list(sides)
-    except TypeError:
-        sides = []
-    if len(sides) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sides):
-        raise ImageError(f"size must be a positive int or (height, width) of positive ints, got {size!r}")
-    return [int(s) for s in sides]
+        return [check_int(side, "size", low=1, error=ImageError) for side in sides]
+    except ImageError:
+        raise ImageError(message) from None
 
 
 def _check_stats(mean: float, std: float) -> None:
-    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-        raise ImageError(f"mean must be finite and std finite and positive, got mean={mean!r}, std={std!r}")
+    try:
+        check_real(mean, "mean", error=ImageError)
+        check_real(std, "std", low=0, low_open=True, error=ImageError)
+    except ImageError:
+        raise ImageError(f"mean must be finite and std finite and positive, got mean={mean!r}, std={std!r}") from None
+
+
+def _check_channels(channels: int) -> int:
+    """1 (grayscale) or 3 (grayscale repeated into RGB); a bool is not a channel count."""
+    try:
+        value = check_int(channels, "channels", low=1, high=3, error=ImageError)
+    except ImageError:
+        value = None
+    if value not in (1, 3):
+        raise ImageError(f"channels must be 1 or 3, got {channels!r}")
+    return value
 
 
 def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -294,8 +309,7 @@ def make_transform(
     Returns:
         A callable mapping an image to a float32 tensor ``[channels, size, size]``.
     """
-    if channels not in (1, 3):
-        raise ImageError(f"channels must be 1 or 3, got {channels}")
+    channels = _check_channels(channels)
     size_hw = _check_size(size)
     _check_stats(mean, std)
     return v2.Compose(
@@ -344,8 +358,7 @@ def preprocess_batch(
         raise ImageError(f"images: expected a uint8 array [N, H, W], got {got}")
     if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         raise ImageError(f"images: empty batch of shape {list(images.shape)}")
-    if channels not in (1, 3):
-        raise ImageError(f"channels must be 1 or 3, got {channels}")
+    channels = _check_channels(channels)
     size_hw = _check_size(size)
     _check_stats(mean, std)
     x = torch.tensor(images).unsqueeze(1)

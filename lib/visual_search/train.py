@@ -11,11 +11,18 @@ reports P@1: the fraction of queries whose nearest gallery image has their class
 
 Everything random (initialisation, shuffling, views) flows from one ``seed``;
 the same seed, data and torch version give the same weights on the same machine.
+
+The checkpoint written after every epoch is an ordinary ``models.save_encoder``
+file: the run's settings and history go into its JSON metadata
+(``extra["train_state"]``), the optimiser, schedule and random-generator states
+into its tensor payload. Resuming reads it back through the same verified loader
+(``models.load_checkpoint``: checksum first, then ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -29,13 +36,15 @@ import torch
 from tqdm import tqdm  # plain text bars: work in a terminal and in Jupyter without ipywidgets
 
 from visual_search import config
+from visual_search._checks import check_int, check_real, check_seed
 from visual_search.contrastive import augment_batch, nt_xent
 from visual_search.data import Sample, load_fashion_mnist, load_sample
-from visual_search.models import Encoder, build_encoder, save_encoder
+from visual_search.models import Encoder, ModelError, build_encoder, load_checkpoint, save_encoder
 from visual_search.preprocess import preprocess_batch
 from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 
-
+#: The parts of the training state that go into a checkpoint's tensor payload (the rest is JSON metadata).
+TRAIN_STATE_TENSORS = ("optimiser", "schedule", "generator")
 
 
 @dataclass
@@ -57,6 +66,40 @@ class TrainConfig:
     # below 60% of the area or heavy blur often removes what makes a class (pilot runs: kNN P@1
     # after 3 epochs on 20k images 0.804 with these, 0.758 with augment_batch's stronger defaults).
     augment_args: dict[str, Any] = field(default_factory=lambda: {"crop_scale": (0.6, 1.0), "max_rotation": 10.0, "blur_p": 0.2})
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Check a run's settings before anything is built; return them with numbers as plain Python ints and floats.
+
+    Args:
+        cfg: the settings to check.
+
+    Returns:
+        A copy of ``cfg`` (so a NumPy integer becomes an ``int`` and the settings stay JSON-serialisable).
+
+    Raises:
+        TrainError: naming the field (``TrainConfig.epochs`` ...) and what is wrong with it.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TrainError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
+    checked = {
+        "epochs": check_int(cfg.epochs, "TrainConfig.epochs", low=1, error=TrainError),
+        "batch_size": check_int(cfg.batch_size, "TrainConfig.batch_size", low=2, error=TrainError),  # NT-Xent needs negatives
+        "lr": check_real(cfg.lr, "TrainConfig.lr", low=0, low_open=True, error=TrainError),
+        "weight_decay": check_real(cfg.weight_decay, "TrainConfig.weight_decay", low=0, error=TrainError),
+        "temperature": check_real(cfg.temperature, "TrainConfig.temperature", low=0, low_open=True, error=TrainError),
+        "seed": check_seed(cfg.seed, "TrainConfig.seed", error=TrainError),
+        "limit": check_int(cfg.limit, "TrainConfig.limit", low=1, error=TrainError, allow_none=True),
+    }
+    for name in ("encoder_args", "augment_args"):
+        if not isinstance(getattr(cfg, name), dict):
+            raise TrainError(f"TrainConfig.{name} must be a dict, got {type(getattr(cfg, name)).__name__}")
+    return dataclasses.replace(cfg, **checked)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it comes back from a checkpoint's JSON metadata (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def default_device() -> torch.device:
@@ -110,9 +153,14 @@ def train_simclr(
     Returns:
         ``(encoder in eval mode, history)``; history has one dict per epoch:
         epoch, loss, knn_p_at_1 (if monitored), seconds.
+
+    Raises:
+        TrainError: for a bad setting (``check_config``), too few images, a bad
+            ``stop_after``, or an ``out`` that cannot be resumed (damaged, or made
+            with other settings).
     """
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise TrainError(f"epochs must be >= 1 and batch_size >= 2, got {cfg.epochs} and {cfg.batch_size}")
+    cfg = check_config(cfg)
+    stop_after = check_int(stop_after, "stop_after", low=1, error=TrainError, allow_none=True)
     device = device or default_device()
     x_all = to_unit_tensor(images[: cfg.limit] if cfg.limit else images)
     if len(x_all) < cfg.batch_size:
@@ -127,15 +175,22 @@ def train_simclr(
 
     out = Path(out) if out is not None else None
     if resume and out is not None and out.exists():
-        blob = torch.load(out, map_location=device, weights_only=False)
-        state = blob["extra"].get("train_state")
-        if state is None or state["cfg"] != asdict(cfg):
+        try:
+            checkpoint = load_checkpoint(out)  # verified, and unpickled with weights_only=True
+        except ModelError as e:
+            raise TrainError(f"cannot resume: {e}") from e
+        saved = checkpoint.extra.get("train_state")
+        if not isinstance(saved, dict) or saved.get("cfg") != _as_json(asdict(cfg)) or any(k not in checkpoint.state for k in TRAIN_STATE_TENSORS):
             raise TrainError(f"{out}: cannot resume: it was made with different settings (or is not a training checkpoint)")
-        encoder.load_state_dict(blob["state_dict"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        history, start_epoch = state["history"], len(state["history"])
+        try:
+            encoder.load_state_dict(checkpoint.encoder.state_dict())
+            optimiser.load_state_dict(checkpoint.state["optimiser"])
+            schedule.load_state_dict(checkpoint.state["schedule"])
+            generator.set_state(checkpoint.state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise TrainError(f"{out}: cannot resume: its training state does not fit this run ({type(e).__name__}: {e})") from e
+        history = list(saved["history"])
+        start_epoch = len(history)
 
     for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
         encoder.train()
@@ -162,14 +217,8 @@ def train_simclr(
         if progress:
             tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if out is not None:
-            state = {
-                "cfg": asdict(cfg),
-                "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(),
-                "generator": generator.get_state(),
-                "history": history,
-            }
-            save_encoder(encoder, out, extra={"train_state": state})
+            tensors = {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state()}
+            save_encoder(encoder, out, extra={"train_state": {"cfg": asdict(cfg), "history": history}}, state=tensors)
     return encoder.eval(), history
 
 
@@ -177,6 +226,16 @@ def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> to
     """A random permutation of range(n) cut into full batches ``[steps, batch_size]`` (the remainder is dropped)."""
     steps = n // batch_size
     return torch.randperm(n, generator=generator)[: steps * batch_size].view(steps, batch_size)
+
+
+def _check_loop_args(epochs: int, batch_size: int, lr: float, seed: int, min_batch: int = 1) -> tuple[int, int, float, int]:
+    """The checks ``train_supervised`` and ``finetune_on_pairs`` share; returns the values as Python numbers."""
+    return (
+        check_int(epochs, "epochs", low=1, error=TrainError),
+        check_int(batch_size, "batch_size", low=min_batch, error=TrainError),
+        check_real(lr, "lr", low=0, low_open=True, error=TrainError),
+        check_seed(seed, "seed", error=TrainError),
+    )
 
 
 def train_supervised(
@@ -195,11 +254,19 @@ def train_supervised(
 
     Returns:
         The encoder, in eval mode.
+
+    Raises:
+        TrainError: for bad images, labels that are not ``[N]`` class ids >= 0,
+            fewer images than one batch, or a bad epochs, batch_size, lr or seed.
     """
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    if len(labels_t) != len(images) or labels_t.ndim != 1:
-        raise TrainError(f"labels: expected [{len(images)}] class ids, got shape {list(labels_t.shape)}")
+    epochs, batch_size, lr, seed = _check_loop_args(epochs, batch_size, lr, seed)
     x_all = to_unit_tensor(images)
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise TrainError(f"labels: expected [{len(images)}] integer class ids >= 0, got {labels.dtype} {list(labels.shape)}")
+    if len(x_all) < batch_size:
+        raise TrainError(f"{len(x_all)} training images is fewer than one batch of {batch_size}")
+    labels_t = torch.as_tensor(labels, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -242,10 +309,16 @@ def finetune_on_pairs(
 
     Returns:
         The encoder (trained in place), in eval mode.
+
+    Raises:
+        TrainError: for bad images or pair ids, fewer pairs than one batch, or a
+            bad epochs, batch_size (>= 2), lr, temperature or seed.
     """
+    epochs, batch_size, lr, seed = _check_loop_args(epochs, batch_size, lr, seed, min_batch=2)
+    temperature = check_real(temperature, "temperature", low=0, low_open=True, error=TrainError)
     query_ids, positive_ids = np.asarray(query_ids), np.asarray(positive_ids)
-    if query_ids.shape != positive_ids.shape or query_ids.ndim != 1 or len(query_ids) < batch_size:
-        raise TrainError(f"need two equal-length id arrays with at least one batch ({batch_size}) of pairs, got {query_ids.shape} and {positive_ids.shape}")
+    if query_ids.shape != positive_ids.shape or query_ids.ndim != 1 or len(query_ids) < batch_size or query_ids.dtype.kind not in "iu" or positive_ids.dtype.kind not in "iu":
+        raise TrainError(f"need two equal-length integer id arrays with at least one batch ({batch_size}) of pairs, got {query_ids.dtype} {query_ids.shape} and {positive_ids.dtype} {positive_ids.shape}")
     if min(query_ids.min(), positive_ids.min()) < 0 or max(query_ids.max(), positive_ids.max()) >= len(images):
         raise TrainError(f"pair ids must index the {len(images)} images")
     x_all = to_unit_tensor(images)
