@@ -1,10 +1,10 @@
 """Plotting helpers shared by the notebooks and benchmarks (matplotlib only).
 
 ``image_grid`` and ``save_figure`` for any chapter; ``plot_scores`` draws the
-offline metrics of ``evalset.score_rankings`` (chapter 07, ``bench baseline``);
-``plot_kdtree_dimensions`` draws ``index.measure.kdtree_dimensions`` (chapter 05,
-``bench ann``). The plots take plain dicts and lists, so this module imports
-nothing but the config.
+offline metrics of ``evalset.score_rankings`` (chapter 07 and the baseline
+benchmark); ``plot_kdtree_dimensions`` draws ``index.measure.kdtree_dimensions``
+(chapter 05 and the ANN benchmark). The plots take plain dicts and lists, so
+this module is a leaf: it needs nothing from the library but the config.
 """
 
 from __future__ import annotations
