@@ -10,9 +10,8 @@ os.environ["VISUAL_SEARCH_FAST"] = "1"  # before the library is imported anywher
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import pytest  # noqa: E402
-
 import faiss  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from visual_search import data  # noqa: E402

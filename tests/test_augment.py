@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from visual_search import augment, contrastive
 from visual_search.augment import augment_batch
 from visual_search.errors import ContrastiveError

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from visual_search import clicks, contrastive, data
 from visual_search.clicks import ClickLog, simulate_click_log
 from visual_search.errors import ClickLogError, VisualSearchError

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 import visual_search
 from visual_search import augment, clicks, data, errors
 from visual_search import contrastive as C

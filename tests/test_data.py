@@ -11,11 +11,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import needs_full_data
 
 from visual_search import config, data
 from visual_search.data import DataError
-
-from conftest import needs_full_data
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

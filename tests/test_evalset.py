@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import needs_full_data
 
 from visual_search import evalset as E
 from visual_search import viz
 from visual_search.data import DataError, build_sample
 from visual_search.errors import VectorIndexError
 from visual_search.index.exact import exact_search
-
-from conftest import needs_full_data
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from visual_search.index import VectorIndexError, build_index, load_index
-from visual_search.index.kernels import topk_smallest
-from visual_search.index.validation import as_float32_matrix
 from visual_search.index.kdtree import build_kdtree
+from visual_search.index.kernels import topk_smallest
 from visual_search.index.kmeans import assign, kmeans, kmeans_plus_plus
 from visual_search.index.lsh import probe_masks
 from visual_search.index.minhash import NearDuplicateIndex, image_tokens, jaccard
 from visual_search.index.pq import ProductQuantizer
+from visual_search.index.validation import as_float32_matrix
 
 
 def blobs(n=2000, dim=8, centres=10, seed=0):
@@ -58,8 +58,8 @@ def test_float_conversion_names_the_input():
 
 # ------------------------------------------------------------------ k-means
 def test_kmeans_matches_scikit_learn_and_faiss_inertia():
-    from sklearn.cluster import KMeans
     import faiss
+    from sklearn.cluster import KMeans
 
     x = blobs(3000, 8, 12)
     centroids, history = kmeans(x, 12, n_iter=30, seed=0)

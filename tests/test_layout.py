@@ -15,7 +15,6 @@ import re
 
 import pytest
 
-import visual_search
 from visual_search import config, errors
 
 PACKAGE = config.REPO_ROOT / "lib" / "visual_search"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import needs_full_data
 from PIL import Image
 
 from visual_search import preprocess as P
 from visual_search.preprocess import ImageError
-
-from conftest import needs_full_data
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def simulate_click_log(
     1. **Query.** A uniformly random image of the N is the query.
     2. **Results.** The "production system" shows ``n_shown`` images: the first
        ``n_shown`` entries of ``ranking[query]`` if a ranking is given (for instance
-       raw-pixel or SimCLR search via ``visual_search.baseline.cosine_rank``, without the
+       raw-pixel or SimCLR search via ``visual_search.index.exact_search``, without the
        query itself); otherwise a random mix, in random order, of distinct images other
        than the query, each of the query's class with probability
        ``RANDOM_SHOWN_SAME_CLASS`` and of another class otherwise.

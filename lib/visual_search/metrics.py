@@ -56,6 +56,8 @@ def _check_k(k: int | None, allow_none: bool = False) -> int | None:
 def _check_grades(grades: Mapping[Hashable, int]) -> None:
     if not isinstance(grades, Mapping):
         raise MetricError(f"grades must be a mapping from id to grade, got {type(grades).__name__}")
+    if all(type(grade) is int and MIN_GRADE <= grade <= MAX_GRADE for grade in grades.values()):
+        return  # the common case, checked in one pass (evaluations call this once per query)
     for item, grade in grades.items():
         check_int(grade, f"grade of id {item!r}", low=MIN_GRADE, high=MAX_GRADE, error=MetricError)
 

@@ -50,8 +50,8 @@ from torch import nn
 from visual_search import config
 from visual_search._checks import check_int, check_seed
 from visual_search.container import read_container, write_container
-from visual_search.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from visual_search.errors import ModelError  # noqa: F401  (re-exported: raised here, importable from here)
+from visual_search.preprocess import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 #: The committed SimCLR CNN (see README "Benchmarks" for how it was trained).
 CHECKPOINT_PATH = config.REPO_ROOT / "checkpoints" / "simclr_cnn.pt"

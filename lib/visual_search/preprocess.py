@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
 from visual_search._checks import check_int, check_real
 from visual_search.errors import ImageError  # noqa: F401  (re-exported: raised here, importable from here)
 

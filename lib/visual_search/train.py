@@ -39,9 +39,9 @@ from visual_search import config
 from visual_search._checks import check_int, check_real, check_seed
 from visual_search.contrastive import augment_batch, nt_xent
 from visual_search.data import Sample, load_fashion_mnist, load_sample
+from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 from visual_search.models import Encoder, ModelError, build_encoder, load_checkpoint, save_encoder
 from visual_search.preprocess import preprocess_batch
-from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 
 #: The parts of the training state that go into a checkpoint's tensor payload (the rest is JSON metadata).
 TRAIN_STATE_TENSORS = ("optimiser", "schedule", "generator")

@@ -40,7 +40,8 @@ from visual_search.errors import VectorIndexError
 from visual_search.index.base import BaseIndex
 from visual_search.index.kernels import add_query_norms, query_form, stored_form, topk_smallest
 from visual_search.index.registry import register
-from visual_search.index.validation import as_float32_matrix, expect_array, check_rows
+from visual_search.index.validation import as_float32_matrix, check_rows, expect_array
+
 
 def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
     """The bit-flip masks of the ``n_probes`` most promising extra buckets.
