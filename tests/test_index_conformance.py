@@ -703,3 +703,175 @@ def test_library_errors_come_out_as_our_error_naming_the_parameter(data):
     assert not index.is_trained and len(index) == 0
     index.train(x)  # and it still trains on enough points
     assert index.is_trained
+
+
+# ---- Found in review: each of these failed before its fix ---------------------------------
+
+
+def test_a_search_that_overlaps_a_retraining_reads_one_consistent_state(config, data):
+    """Trained data (codebooks, centroids, a mean) live in the state a search holds, like the codes."""
+    x, q = data
+    index = filled(config, x)
+    if not index.needs_training or config[0] == "faiss-hnsw":
+        pytest.skip("nothing to re-train" if not index.needs_training else "HNSW cannot remove")
+    snapshot = index._state  # what a search that started now would hold
+    expected = index.search(q, K)
+    index.remove(index.ids)  # an emptied index may be trained again ...
+    index.train(x[::-1] * 3 + 7)
+    index.add(x * 3 + 7)  # ... and refilled, while the old search is still running
+    settings = index._settings(None)
+    keys, ids = index._search(snapshot, index._prepare(q, "queries"), K, settings, {})
+    np.testing.assert_array_equal(ids, expected[1])
+
+
+@pytest.mark.parametrize("factory", ["HNSW0", "HNSW1", "NSG1", "IVF4_HNSW1,Flat"])
+def test_faiss_graphs_too_small_to_build_are_refused_before_they_crash(factory):
+    with pytest.raises(VectorIndexError, match="needs at least 2 neighbours"):
+        build_index("faiss", 8, factory=factory)
+
+
+def test_annoy_seeds_are_what_annoy_accepts():
+    with pytest.raises(VectorIndexError, match=r"annoy: seed must be an integer in \[0, 2147483647\]"):
+        build_index("annoy", 8, seed=2**31)
+    build_index("annoy", 8, seed=2**31 - 1).add(np.eye(8, dtype=np.float32))
+
+
+def test_ids_that_cannot_be_stored_are_ignored_by_remove(data):
+    x, _ = data
+    index = build_index("exact", DIM).add(x[:10])
+    assert index.remove([-1, 2**64, 2**63]) == 0 and index.remove(np.array([2**63], np.uint64)) == 0
+    assert index.remove([3, -1]) == 1 and len(index) == 9
+
+
+def test_the_first_vectors_name_the_model_of_an_empty_index(data):
+    x, q = data
+    index = build_index("exact", DIM).add(x[:10], model_version="model-a")
+    assert index.model_version == "model-a"
+    with pytest.raises(VectorIndexError, match="model-b"):
+        index.add(x[10:20], model_version="model-b")
+
+
+def test_stats_must_be_callable(data):
+    x, q = data
+    with pytest.raises(VectorIndexError, match="stats must be a callable"):
+        build_index("exact", DIM).add(x).search(q, K, stats={})
+
+
+def test_exact_search_breaks_ties_by_the_lower_id_on_short_rows():
+    from visual_search.index import exact_search
+
+    base = np.zeros((1000, 2), np.float32)
+    base[:, 0] = np.arange(1000) % 3
+    _, I = exact_search(np.zeros((1, 2), np.float32), base, 20, "l2")
+    assert I[0].tolist() == list(range(0, 60, 3))
+
+
+def test_ivf_with_a_huge_k_allocates_about_the_output_not_nprobe_times_more():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x, q = rng.normal(size=(2000, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    index = build_index("ivf", 8, nlist=64, nprobe=64).train(x).add(x)
+    tracemalloc.start()
+    D, I = index.search(q, 10**9)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert I.shape == (50, 2000) and (np.sort(I, axis=1) == np.arange(2000)).all()
+    assert peak < 40 * 50 * 2000 * 12, f"peak {peak / 1e6:.0f} MB"  # nprobe x the output would be 64 x
+
+
+def _edit_and_load(index, tmp_path, change):
+    path = index.save(tmp_path / "index.vsi")
+    edited = _rewrite(path, tmp_path / "edited.vsi", change)
+    with pytest.raises(VectorIndexError, match=str(edited)):
+        load_index(edited)
+
+
+def test_header_params_that_collide_with_build_index_are_refused(data, tmp_path):
+    x, _ = data
+    _edit_and_load(build_index("ivf", DIM, nlist=4).train(x).add(x), tmp_path, lambda h, a: h["params"].__setitem__("dim", 3))
+
+
+def test_an_array_whose_header_claims_more_than_it_holds_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    from visual_search.container import read_container, write_container
+    from visual_search.index import io as index_io
+
+    path = build_index("exact", 4).add(np.eye(4, dtype=np.float32)).save(tmp_path / "index.vsi")
+    _, header, payload = read_container(path, index_io.MAGIC, (1, 99), VectorIndexError, "index file")
+    forged = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(payload)) as src, zipfile.ZipFile(forged, "w") as dst:
+        for info in src.infolist():
+            blob = src.read(info)
+            if info.filename == "ids.npy":
+                blob = blob.replace(b"(4,)", b"(2**40,)".replace(b"2**40", str(2**40).encode()))
+            dst.writestr(info.filename, blob)
+    header.pop("payload_bytes")
+    write_container(tmp_path / "forged.vsi", index_io.MAGIC, index_io.FORMAT_VERSION, header, forged.getvalue())
+    with pytest.raises(VectorIndexError, match="claims shape"):
+        load_index(tmp_path / "forged.vsi")
+
+
+def test_a_faiss_file_whose_ids_disagree_with_faiss_is_refused(data, tmp_path):
+    x, _ = data
+    for factory in ("Flat", "IVF4,Flat"):
+        index = build_index("faiss", DIM, factory=factory).train(x).add(x[:60])
+        _edit_and_load(index, tmp_path, lambda h, a: a.__setitem__("ids", a["ids"] + 1000))
+
+
+def test_an_lsh_table_that_is_not_a_permutation_is_refused(data, tmp_path):
+    x, _ = data
+    index = build_index("lsh", DIM, n_tables=2, n_bits=4).train(x).add(x[:60])
+
+    def change(header, arrays):
+        rows = arrays["state.sorted_rows"].copy()
+        rows[0] = 0
+        arrays["state.sorted_rows"] = rows
+
+    _edit_and_load(index, tmp_path, change)
+
+
+@pytest.mark.parametrize("kind, name", [("exact", "state.matrix_t"), ("ivf", "state.matrix"), ("lsh", "state.matrix")])
+def test_stored_norms_that_disagree_with_their_vectors_are_refused(data, tmp_path, kind, name):
+    x, _ = data
+    index = build_index(kind, DIM, **({"nlist": 4} if kind == "ivf" else {})).train(x).add(x[:60])
+
+    def change(header, arrays):
+        matrix = arrays[name].copy()
+        if kind == "exact":
+            matrix[-1, 1] = -3e30
+        else:
+            matrix[1, -1] = -3e30
+        arrays[name] = matrix
+
+    _edit_and_load(index, tmp_path, change)
+
+
+def test_ivfpq_terms_that_disagree_with_the_codes_are_refused(data, tmp_path):
+    x, _ = data
+    index = build_index("ivfpq", DIM, nlist=4, m=4, nbits=4).train(x).add(x)
+
+    def change(header, arrays):
+        arrays["state.terms"] = arrays["state.terms"] + 5
+
+    _edit_and_load(index, tmp_path, change)
+
+
+def test_lsh_hyperplanes_that_would_need_gigabytes_are_refused():
+    with pytest.raises(VectorIndexError, match="hyperplane coordinates"):
+        build_index("lsh", 2**20, n_tables=1024, n_bits=62)
+
+
+def test_near_duplicate_index_refuses_bad_keys_and_single_images():
+    from visual_search.index.minhash import NearDuplicateIndex
+
+    images = np.zeros((3, 28, 28), np.uint8)
+    index = NearDuplicateIndex()
+    with pytest.raises(VectorIndexError, match="keys: expected a sequence of hashable keys"):
+        index.add([[1], [2], [3]], images)
+    with pytest.raises(VectorIndexError, match="keys"):
+        index.add(5, images)
+    with pytest.raises(VectorIndexError, match=r"one image\? use images\[None\]"):
+        index.query(images[0])

@@ -17,12 +17,13 @@ as ``VectorIndexError`` naming the parameter, never as a raw library exception.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
 import numpy as np
 
-from visual_search._checks import check_int, check_seed
+from visual_search._checks import check_int
 from visual_search.errors import VectorIndexError
 from visual_search.index.base import BaseIndex, StaticIndex
 from visual_search.index.registry import register
@@ -74,6 +75,9 @@ class FaissIndex(BaseIndex):
             raise VectorIndexError(f"faiss: factory must be a non-empty index_factory string, got {factory!r}")
         if factory.replace(" ", "").upper().startswith("IDMAP"):
             raise VectorIndexError(f"faiss: factory {factory!r}: leave out 'IDMap'; this wrapper maps ids itself")
+        for graph, degree in re.findall(r"(HNSW|NSG)(\d+)", factory):
+            if int(degree) < 2:  # Faiss accepts these, then aborts, crashes or hangs at the first add
+                raise VectorIndexError(f"faiss: factory {factory!r}: {graph} needs at least 2 neighbours per node, got {degree}")
         self.factory = factory
         super().__init__(dim, metric)
         faiss = _faiss()
@@ -160,10 +164,10 @@ class FaissIndex(BaseIndex):
         except RuntimeError as err:
             raise VectorIndexError(f"faiss {self.factory!r}: {what} failed: {_last_line(err)}") from None
 
-    def _train(self, x: np.ndarray) -> None:
+    def _train(self, x: np.ndarray):
         trained = _faiss().clone_index(self._state["faiss"])
         self._call("training", trained.train, x)
-        self._state = {**self._state, "faiss": trained}
+        return {"faiss": trained}
 
     def _add(self, state, x, ids):
         index = _faiss().clone_index(state["faiss"])
@@ -202,7 +206,20 @@ class FaissIndex(BaseIndex):
                 f"{where}: the saved Faiss index (d={index.d}, {index.ntotal} vectors, trained={index.is_trained}) "
                 f"disagrees with the header (dim={self.dim}, {n} ids, trained={self.is_trained})"
             )
+        if not np.array_equal(np.sort(self._faiss_ids(index)), np.sort(arrays["ids"])):
+            raise VectorIndexError(f"{where}: the ids inside the saved Faiss index are not the file's ids")
         return {"faiss": index}
+
+    @staticmethod
+    def _faiss_ids(index) -> np.ndarray:
+        """The ids Faiss itself returns from a search: its id map, or the ids in its inverted lists."""
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            return faiss.vector_to_array(index.id_map).astype(np.int64)
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
 @register
@@ -226,7 +243,7 @@ class AnnoyIndex(StaticIndex):
     def __init__(self, dim: int, metric: str = "l2", n_trees: int = 50, search_k: int = -1, seed: int = 0) -> None:
         self.n_trees = positive_int(n_trees, "annoy: n_trees", high=10_000)
         self.search_k = self._check_search_params({"search_k": search_k})["search_k"]
-        self.seed = check_seed(seed, "annoy: seed", error=VectorIndexError)
+        self.seed = check_int(seed, "annoy: seed", low=0, high=2**31 - 1, error=VectorIndexError)  # a C int in Annoy
         super().__init__(dim, metric)
 
     def _check_search_params(self, settings):

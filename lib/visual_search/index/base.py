@@ -126,7 +126,8 @@ class BaseIndex:
             if self.needs_training:
                 if len(x) == 0:
                     raise VectorIndexError("training vectors: got 0 vectors")
-                self._train(x)
+                trained = self._train(x)  # computed aside; committed with one assignment
+                self._state = {**self._state, **trained}
                 self.is_trained = True
         return self
 
@@ -136,7 +137,9 @@ class BaseIndex:
         Args:
             x: float ``[n, dim]``.
             ids: int ``[n]``, each in 0..int64 max, not already stored (None: consecutive defaults).
-            model_version: the model that made ``x``; refused if the index holds another model's vectors.
+            model_version: the model that made ``x``; refused if the index holds another model's
+                vectors. The first vectors added to an empty index without a model version
+                name it.
 
         Raises:
             VectorIndexError: bad vectors or ids, an untrained index, or another model's
@@ -152,8 +155,9 @@ class BaseIndex:
             ids = check_new_ids(ids, len(x), state["ids"])
             if len(x) == 0:
                 return self
-            new = self._add(state, self._prepare(x, "x"), ids)
-            new["ids"] = np.concatenate([state["ids"], ids])
+            new = {**state, **self._add(state, self._prepare(x, "x"), ids), "ids": np.concatenate([state["ids"], ids])}
+            if self.model_version is None and model_version is not None and not len(state["ids"]):
+                self.model_version = model_version  # the first vectors name the model of all that follow
             self._state = new  # the commit: one assignment
         return self
 
@@ -191,6 +195,8 @@ class BaseIndex:
         kk = min(k, n)
         if kk == 0 or len(q) == 0:
             return np.empty((len(q), kk), np.float32), np.empty((len(q), kk), np.int64)
+        if stats is not None and not callable(stats):
+            raise VectorIndexError(f"stats must be a callable that takes a dict (e.g. info.update), got {type(stats).__name__}")
         info: dict[str, float] = {}
         keys, ids = self._search(state, self._prepare(q, "queries"), kk, settings, info)
         keys = keys.astype(np.float32, copy=False)
@@ -207,9 +213,7 @@ class BaseIndex:
             drop = np.isin(state["ids"], ids)
             n = int(drop.sum())
             if n:
-                new = self._remove(state, drop)
-                new["ids"] = state["ids"][~drop]
-                self._state = new
+                self._state = {**state, **self._remove(state, drop), "ids": state["ids"][~drop]}
         return n
 
     def memory_bytes(self) -> int:
@@ -262,11 +266,17 @@ class BaseIndex:
         """The arrays of an empty index (besides ``ids``)."""
         raise NotImplementedError
 
-    def _train(self, x: np.ndarray) -> None:
+    def _train(self, x: np.ndarray) -> State:
+        """Return the trained entries (centroids, codebooks, a mean) to merge into the state.
+
+        Searches read them from the state, like everything else, so a search that
+        overlaps a re-training (of an emptied index) never mixes old codes with new codebooks.
+        """
         raise NotImplementedError
 
     def _add(self, state: State, x: np.ndarray, ids: np.ndarray) -> State:
-        """Return a new state holding ``state``'s vectors and ``x`` (rows ``len(state) ..``); ``ids`` is set by the caller."""
+        """Return the entries that change when ``x`` is added (rows ``len(state) ..``), new arrays only;
+        they are merged over ``state``, and ``ids`` is set by the caller."""
         raise NotImplementedError
 
     def _search(self, state: State, q: np.ndarray, k: int, settings: dict[str, Any], info: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +287,8 @@ class BaseIndex:
         raise NotImplementedError
 
     def _remove(self, state: State, drop: np.ndarray) -> State:
-        """Return a new state without the rows where ``drop`` is True; the rest are renumbered in order."""
+        """Return the entries that change when the rows where ``drop`` is True go (the rest are
+        renumbered in order); merged over ``state`` like ``_add``'s."""
         raise NotImplementedError
 
     def _structure_bytes(self, state: State) -> int:

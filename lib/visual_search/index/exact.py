@@ -28,7 +28,7 @@ import numpy as np
 from visual_search.index.base import BaseIndex
 from visual_search.index.kernels import add_query_norms, query_form, stored_form, topk_smallest
 from visual_search.index.registry import register
-from visual_search.index.validation import as_float32_matrix, expect_array
+from visual_search.index.validation import as_float32_matrix, check_stored_form, expect_array
 
 #: Scores per block (block_rows x N floats): 16M floats = 64 MB.
 _BLOCK_FLOATS = 16_000_000
@@ -77,7 +77,9 @@ class ExactIndex(BaseIndex):
         return {"matrix_t": state["matrix_t"]}
 
     def _restore(self, arrays, n, where):
-        return {"matrix_t": expect_array(arrays, "matrix_t", np.float32, (self._width(), n), where)}
+        matrix_t = expect_array(arrays, "matrix_t", np.float32, (self._width(), n), where)
+        check_stored_form(matrix_t.T, self.metric, "matrix_t", where)
+        return {"matrix_t": matrix_t}
 
 
 def exact_search(queries, base, k: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:

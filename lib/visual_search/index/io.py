@@ -25,7 +25,7 @@ import numpy as np
 from visual_search.container import read_container, write_container
 from visual_search.errors import VectorIndexError
 from visual_search.index.base import BaseIndex
-from visual_search.index.registry import REGISTRY, build_index
+from visual_search.index.registry import REGISTRY, accepted_params, build_index
 from visual_search.index.validation import METRICS, expect_array
 
 #: First bytes of every saved index; anything else is "not an index file".
@@ -68,15 +68,14 @@ def load_index(path: str | os.PathLike) -> BaseIndex:
         raise VectorIndexError(f"{where}: the header's dim {dim!r}, metric {metric!r} or params {params!r} are not valid")
     if not isinstance(header.get("is_trained"), bool):
         raise VectorIndexError(f"{where}: the header's is_trained must be true or false, got {header.get('is_trained')!r}")
+    unknown = sorted(set(params) - set(accepted_params(kind)))
+    if unknown:
+        raise VectorIndexError(f"{where}: the header's params {unknown} are not parameters of a {kind!r} index")
     try:
         index = build_index(kind, dim, metric, model_version=header.get("model_version"), **params)
     except VectorIndexError as err:
         raise VectorIndexError(f"{where}: the header does not describe a valid index ({err})") from None
-    try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise VectorIndexError(f"{where}: the saved arrays cannot be read ({err})") from None
+    arrays = _read_arrays(payload, where)
     ids = expect_array(arrays, "ids", np.int64, (None,), where)
     if len(ids) and (ids.min() < 0 or len(np.unique(ids)) != len(ids)):
         raise VectorIndexError(f"{where}: saved ids must be distinct and non-negative")
@@ -84,12 +83,39 @@ def load_index(path: str | os.PathLike) -> BaseIndex:
         raise VectorIndexError(f"{where}: an untrained {kind!r} index cannot hold {len(ids)} vectors")
     index.is_trained = header["is_trained"] or not index.needs_training
     state_arrays = {name.removeprefix("state."): value for name, value in arrays.items() if name.startswith("state.")}
+    state_arrays["ids"] = ids  # for kinds that keep their own copy of the ids (Faiss)
     try:
         state = index._restore(state_arrays, len(ids), where)
     except VectorIndexError:
         raise
-    except (ValueError, RuntimeError, TypeError, IndexError) as err:  # a library refusing the saved structure
+    except (ValueError, RuntimeError, TypeError, IndexError, OverflowError, MemoryError) as err:  # a library refusing the saved structure
         raise VectorIndexError(f"{where}: the saved structure cannot be restored ({type(err).__name__}: {err})") from None
     state["ids"] = ids
     index._state = state
     return index
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_arrays(payload: bytes, where: str) -> dict[str, np.ndarray]:
+    """The payload's arrays, refusing members that are compressed, hold objects, or claim more
+    data than they carry (an edited ``.npy`` header could otherwise make NumPy allocate terabytes)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise VectorIndexError(f"{where}: saved array {info.filename!r} is compressed; index files store arrays as they are")
+                with archive.open(info) as member:
+                    read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(member))
+                    if read_header is None:
+                        raise VectorIndexError(f"{where}: saved array {info.filename!r} has an unknown .npy version")
+                    shape, _, dtype = read_header(member)
+                    if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size:
+                        raise VectorIndexError(f"{where}: saved array {info.filename!r} claims shape {shape} of {dtype}, more than its {info.file_size:,} bytes")
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except VectorIndexError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError, OverflowError) as err:
+        raise VectorIndexError(f"{where}: the saved arrays cannot be read ({type(err).__name__}: {err})") from None

@@ -28,7 +28,7 @@ from visual_search.index.base import BaseIndex
 from visual_search.index.kernels import add_query_norms, merge_topk, query_form, stored_form, topk_smallest
 from visual_search.index.kmeans import kmeans
 from visual_search.index.registry import register
-from visual_search.index.validation import check_offsets, check_rows, expect_array, positive_int
+from visual_search.index.validation import check_offsets, check_rows, check_stored_form, expect_array, positive_int
 
 
 class CoarseQuantizer:
@@ -97,8 +97,12 @@ def scan_probed_lists(probes: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
         ``(keys float32 [nq, k], rows int64 [nq, k])``, ascending, -1 where fewer than k were seen.
     """
     nq, nprobe = probes.shape
-    cand_keys = np.full((nq, nprobe * k), np.inf, np.float32)
-    cand_rows = np.full((nq, nprobe * k), -1, np.int64)
+    # Each probed list gives at most min(k, its size) candidates, at a running column per query:
+    # the buffers hold at most min(nprobe * k, N) columns, so a huge k costs no more than N.
+    widths = np.minimum(k, np.diff(offsets)[probes])
+    starts = np.cumsum(widths, axis=1) - widths
+    cand_keys = np.full((nq, max(k, int(widths.sum(axis=1).max(initial=0)))), np.inf, np.float32)  # k <= N: the output's own size
+    cand_rows = np.full(cand_keys.shape, -1, np.int64)
     flat = probes.ravel()
     order = np.argsort(flat, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(offsets) - 1))])
@@ -109,7 +113,7 @@ def scan_probed_lists(probes: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
         pairs = order[bounds[lst] : bounds[lst + 1]]  # positions in probes.ravel()
         who, slot = pairs // nprobe, pairs % nprobe
         pos, vals = topk_smallest(score(lst, who, lo, hi), min(k, hi - lo))
-        cols = slot[:, None] * k + np.arange(pos.shape[1])
+        cols = starts[who, slot][:, None] + np.arange(pos.shape[1])
         cand_keys[who[:, None], cols] = vals
         cand_rows[who[:, None], cols] = rows[lo + pos]
     return merge_topk(cand_keys, cand_rows, k)
@@ -156,7 +160,11 @@ class IVFIndex(BaseIndex):
         self.nprobe = check_nprobe(nprobe, "ivf")
         self.n_iter, self.seed, self.max_train_points = check_training_params("ivf", n_iter, seed, max_train_points)
         super().__init__(dim, metric)
-        self.quantizer: CoarseQuantizer | None = None
+
+    @property
+    def quantizer(self) -> CoarseQuantizer | None:
+        """The trained centroids (None before ``train``); part of the state, like the lists."""
+        return self._state["quantizer"]
 
     def _check_search_params(self, settings):
         return {"nprobe": check_nprobe(settings["nprobe"], "ivf")}
@@ -168,14 +176,15 @@ class IVFIndex(BaseIndex):
     def _empty_state(self):
         width = self.dim + 1 if self.metric == "l2" else self.dim
         # the row (in ids) of each stored vector, and where each list starts
-        return {"matrix": np.empty((0, width), np.float32), "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64)}
+        return {"matrix": np.empty((0, width), np.float32), "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64),
+                "quantizer": None}
 
     def _train(self, x: np.ndarray) -> None:
         if len(x) < self.nlist:
             raise VectorIndexError(f"ivf: training needs at least nlist={self.nlist} vectors, got {len(x)}")
         cap = self.max_train_points or 256 * self.nlist
-        centroids, history = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=cap)
-        self.quantizer, self.kmeans_history = CoarseQuantizer(centroids, self.metric), history
+        centroids, self.kmeans_history = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=cap)
+        return {"quantizer": CoarseQuantizer(centroids, self.metric)}
 
     def list_sizes(self) -> np.ndarray:
         """Vectors per inverted list, int64 ``[nlist]``."""
@@ -183,7 +192,7 @@ class IVFIndex(BaseIndex):
 
     def _add(self, state, x, ids):
         n_old = len(state["rows"])
-        order, offsets = insert_into_lists(state["offsets"], self.quantizer.nearest(x, 1)[:, 0])
+        order, offsets = insert_into_lists(state["offsets"], state["quantizer"].nearest(x, 1)[:, 0])
         return {
             "matrix": np.concatenate([state["matrix"], stored_form(x, self.metric)])[order],
             "rows": np.concatenate([state["rows"], np.arange(n_old, n_old + len(x))])[order],
@@ -191,7 +200,7 @@ class IVFIndex(BaseIndex):
         }
 
     def _search(self, state, q, k, settings, info):
-        probes = self.quantizer.nearest(q, min(settings["nprobe"], self.nlist))
+        probes = state["quantizer"].nearest(q, min(settings["nprobe"], self.nlist))
         augmented = query_form(q, self.metric)
         matrix = state["matrix"]
 
@@ -206,23 +215,28 @@ class IVFIndex(BaseIndex):
         return {"matrix": state["matrix"][keep], "rows": rows, "offsets": offsets}
 
     def _structure_bytes(self, state):
-        centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
+        centroids = state["quantizer"].centroids.nbytes if state["quantizer"] is not None else 0
         return state["matrix"].nbytes + state["rows"].nbytes + state["offsets"].nbytes + centroids
 
     def _arrays(self, state):
-        centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
-        return {"centroids": centroids, **{name: state[name] for name in ("matrix", "rows", "offsets")}}
+        return {"centroids": saved_centroids(state, self.dim), **{name: state[name] for name in ("matrix", "rows", "offsets")}}
 
     def _restore(self, arrays, n, where):
-        self.quantizer = restore_quantizer(arrays, self, where)
         width = self.dim + 1 if self.metric == "l2" else self.dim
         state = {
+            "quantizer": restore_quantizer(arrays, self, where),
             "matrix": expect_array(arrays, "matrix", np.float32, (n, width), where),
             "rows": expect_array(arrays, "rows", np.int64, (n,), where),
             "offsets": expect_array(arrays, "offsets", np.int64, (self.nlist + 1,), where),
         }
         check_list_layout(state, n, self.nlist, where)
+        check_stored_form(state["matrix"], self.metric, "matrix", where)
         return state
+
+
+def saved_centroids(state, dim: int) -> np.ndarray:
+    """The centroids to save (an empty array before training)."""
+    return state["quantizer"].centroids if state["quantizer"] is not None else np.empty((0, dim), np.float32)
 
 
 def restore_quantizer(arrays, index, where: str) -> CoarseQuantizer | None:

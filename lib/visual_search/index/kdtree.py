@@ -213,8 +213,10 @@ class KDTreeIndex(StaticIndex):
     def _query(self, built, vectors, q, k, settings, info):
         tree, padded = built
         keys, rows, visits = [], [], 0.0
-        for start in range(0, len(q), 1024):  # blocks bound the [queries, leaf, dim] temporaries
-            part_keys, part_rows, part_visits = branch_and_bound(padded, tree, q[start : start + 1024], k)
+        # Blocks of queries bound the [queries, leaf width, dim] temporaries to about 16M floats.
+        block = max(1, min(1024, 16_000_000 // (tree.leaf_rows.shape[1] * self.dim)))
+        for start in range(0, len(q), block):
+            part_keys, part_rows, part_visits = branch_and_bound(padded, tree, q[start : start + block], k)
             keys.append(part_keys)
             rows.append(part_rows)
             visits += part_visits * len(part_keys)
@@ -236,7 +238,8 @@ class KDTreeIndex(StaticIndex):
         Slow (pure Python) but short; ``search`` must agree with it.
 
         Returns:
-            ``(squared distances, ids, leaves visited)``, nearest first.
+            ``(squared L2 distances, ids, leaves visited)``, nearest first. (For ``metric="cosine"``
+            these are distances between the unit vectors, not the cosines ``search`` returns.)
         """
         if check_k(k) < 1:
             raise VectorIndexError(f"k must be a positive integer, got {k!r}")

@@ -64,6 +64,14 @@ def topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         else:
             part = np.broadcast_to(np.arange(n), keys.shape).copy()
         vals = np.take_along_axis(keys, part, axis=1)
+        if 0 < k < n:
+            # argpartition keeps an arbitrary subset of keys tied at the k-th value; where a tie
+            # crosses the cut (rare on real data), redo that row with a stable sort.
+            kth = vals.max(axis=1, keepdims=True)
+            crossing = np.flatnonzero((keys == kth).sum(axis=1) > (vals == kth).sum(axis=1))
+            if len(crossing):
+                part[crossing] = np.argsort(keys[crossing], axis=1, kind="stable")[:, :k]
+                vals[crossing] = np.take_along_axis(keys[crossing], part[crossing], axis=1)
         order = np.lexsort((part, vals), axis=1) if k else part
         return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
     starts = np.linspace(0, n, chunks, endpoint=False).astype(np.int64)
@@ -76,8 +84,8 @@ def topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     row, col, val = row[order], col[order], val[order]
     rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
     top = rank < k
-    positions = np.empty((rows, k), np.int64)
-    values = np.empty((rows, k), keys.dtype)
+    positions = np.full((rows, k), -1, np.int64)  # only NaN keys (refused on the way in) leave slots unfilled
+    values = np.full((rows, k), np.inf, keys.dtype)
     positions[row[top], rank[top]] = col[top]
     values[row[top], rank[top]] = val[top]
     return positions, values

@@ -40,7 +40,7 @@ from visual_search.errors import VectorIndexError
 from visual_search.index.base import BaseIndex
 from visual_search.index.kernels import add_query_norms, query_form, stored_form, topk_smallest
 from visual_search.index.registry import register
-from visual_search.index.validation import as_float32_matrix, check_rows, expect_array
+from visual_search.index.validation import as_float32_matrix, check_stored_form, expect_array
 
 
 def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
@@ -56,13 +56,13 @@ def probe_masks(margins: np.ndarray, n_probes: int) -> np.ndarray:
         the flipped bits (a flip across a near plane is likelier to find the true neighbour).
     """
     nq, n_tables, n_bits = margins.shape
+    if n_probes == 0:
+        return np.zeros((nq, n_tables, 1), np.int64)
     i, j = np.triu_indices(n_bits, k=1)
     masks = np.concatenate([np.left_shift(1, np.arange(n_bits)), np.left_shift(1, i) | np.left_shift(1, j)]).astype(np.int64)
     sq = margins.astype(np.float32) ** 2
     scores = np.concatenate([sq, sq[..., i] + sq[..., j]], axis=-1)  # [nq, L, n_single + n_double]
     n_probes = min(n_probes, scores.shape[-1])
-    if n_probes == 0:
-        return np.zeros((nq, n_tables, 1), np.int64)
     best = np.argpartition(scores, n_probes - 1, axis=-1)[..., :n_probes]
     return np.concatenate([np.zeros((nq, n_tables, 1), np.int64), masks[best]], axis=-1)
 
@@ -99,8 +99,21 @@ class LSHIndex(BaseIndex):
         settings = self._check_search_params({"n_probes": n_probes, "rerank": rerank})
         self.n_probes, self.rerank = settings["n_probes"], settings["rerank"]
         super().__init__(dim, metric)
+        if self.n_tables * self.n_bits * self.dim > 2**26:
+            raise VectorIndexError(
+                f"lsh: n_tables * n_bits * dim = {self.n_tables} * {self.n_bits} * {self.dim} hyperplane coordinates "
+                f"is more than {2**26:,}; use fewer tables or bits"
+            )
         self.planes = np.random.default_rng(self.seed).standard_normal((self.n_tables * self.n_bits, self.dim)).astype(np.float32)
-        self.mean = np.zeros(self.dim, np.float32)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The training mean the hyperplanes are centred on (part of the state)."""
+        return self._state["mean"]
+
+    @mean.setter
+    def mean(self, value: np.ndarray) -> None:
+        self._state = {**self._state, "mean": np.asarray(value, np.float32)}
 
     def _check_search_params(self, settings):
         return {
@@ -122,13 +135,15 @@ class LSHIndex(BaseIndex):
             "sorted_rows": np.empty((self.n_tables, 0), np.int64),  # per table: the row of each code
             # Per row, all n_tables * n_bits bits packed 64 to a word: the sketch the Hamming filter compares.
             "sketch": np.empty((0, self._words()), np.uint64),
+            "mean": np.zeros(self.dim, np.float32),
         }
 
-    def _train(self, x: np.ndarray) -> None:
-        self.mean = x.mean(axis=0).astype(np.float32)
+    def _train(self, x: np.ndarray):
+        return {"mean": x.mean(axis=0).astype(np.float32)}
 
-    def _projections(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) @ self.planes.T).reshape(len(x), self.n_tables, self.n_bits)
+    def _projections(self, x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        mean = self.mean if mean is None else mean
+        return ((x - mean) @ self.planes.T).reshape(len(x), self.n_tables, self.n_bits)
 
     def _sketch_of(self, bits: np.ndarray) -> np.ndarray:
         """Pack ``[n, n_tables, n_bits]`` booleans into uint64 words ``[n, ceil(n_tables * n_bits / 64)]``."""
@@ -144,7 +159,7 @@ class LSHIndex(BaseIndex):
     def _add(self, state, x, ids):
         n_old = len(state["matrix"])
         rows = np.arange(n_old, n_old + len(x))
-        bits = self._projections(x) > 0
+        bits = self._projections(x, state["mean"]) > 0
         codes = np.concatenate([state["sorted_codes"], self._pack(bits).T], axis=1)
         all_rows = np.concatenate([state["sorted_rows"], np.broadcast_to(rows, (self.n_tables, len(rows)))], axis=1)
         order = np.argsort(codes, axis=1, kind="stable")
@@ -158,7 +173,7 @@ class LSHIndex(BaseIndex):
     def _probe_ranges(self, state, q: np.ndarray, n_probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query sketches ``[nq, words]`` and, per query, the ranges ``[lo, hi)`` of every probed
         bucket in the flattened sorted tables (``[nq, L * (1 + n_probes)]`` each)."""
-        projections = self._projections(q)
+        projections = self._projections(q, state["mean"])
         bits = projections > 0
         probes = self._pack(bits)[..., None] ^ probe_masks(np.abs(projections), n_probes)  # [nq, L, 1+p]
         sketches = self._sketch_of(bits)
@@ -222,23 +237,26 @@ class LSHIndex(BaseIndex):
         }
 
     def _structure_bytes(self, state):
-        return sum(state[name].nbytes for name in ("matrix", "sorted_codes", "sorted_rows", "sketch")) + self.planes.nbytes + self.mean.nbytes
+        return sum(state[name].nbytes for name in ("matrix", "sorted_codes", "sorted_rows", "sketch", "mean")) + self.planes.nbytes
 
     def _arrays(self, state):
-        return {"mean": self.mean, **{name: state[name] for name in ("matrix", "sorted_codes", "sorted_rows", "sketch")}}
+        return {name: state[name] for name in ("mean", "matrix", "sorted_codes", "sorted_rows", "sketch")}
 
     def _restore(self, arrays, n, where):
         width = self.dim + 1 if self.metric == "l2" else self.dim
-        self.mean = expect_array(arrays, "mean", np.float32, (self.dim,), where)
         state = {
+            "mean": expect_array(arrays, "mean", np.float32, (self.dim,), where),
             "matrix": expect_array(arrays, "matrix", np.float32, (n, width), where),
             "sorted_codes": expect_array(arrays, "sorted_codes", np.int64, (self.n_tables, n), where),
             "sorted_rows": expect_array(arrays, "sorted_rows", np.int64, (self.n_tables, n), where),
             "sketch": expect_array(arrays, "sketch", np.uint64, (n, self._words()), where),
         }
-        check_rows(state["sorted_rows"], n, "sorted_rows", where)
-        if (np.diff(state["sorted_codes"], axis=1) < 0).any():
-            raise VectorIndexError(f"{where}: saved hash tables are not sorted")
+        check_stored_form(state["matrix"], self.metric, "matrix", where)
+        if n and not (np.sort(state["sorted_rows"], axis=1) == np.arange(n)).all():
+            raise VectorIndexError(f"{where}: a saved hash table does not hold every row exactly once")
+        codes = state["sorted_codes"]
+        if (np.diff(codes, axis=1) < 0).any() or (codes.size and (codes.min() < 0 or codes.max() >= 2**self.n_bits)):
+            raise VectorIndexError(f"{where}: saved hash tables are not sorted {self.n_bits}-bit codes")
         return state
 
 

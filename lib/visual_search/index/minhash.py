@@ -80,7 +80,10 @@ class NearDuplicateIndex:
         return MinHash.bulk([list(t) for t in token_sets], num_perm=self.num_perm, seed=self.seed)
 
     def add(self, keys: Sequence[Hashable], images: np.ndarray) -> None:
-        """Add images ``[n, H, W]`` under ``keys`` (one each, not already present)."""
+        """Add images ``[n, H, W]`` under ``keys`` (one hashable each, not already present)."""
+        images = _image_batch(images)
+        if not isinstance(keys, Sequence) or isinstance(keys, (str, bytes)) or not all(isinstance(key, Hashable) for key in keys):
+            raise VectorIndexError(f"keys: expected a sequence of hashable keys, got {type(keys).__name__}")
         if len(keys) != len(images):
             raise VectorIndexError(f"got {len(keys)} keys for {len(images)} images")
         if len(set(keys)) != len(keys) or any(key in self.tokens for key in keys):
@@ -100,7 +103,7 @@ class NearDuplicateIndex:
                 threshold (cheap: only the few candidates are checked), removing
                 MinHash's false positives.
         """
-        token_sets = [image_tokens(image) for image in images]
+        token_sets = [image_tokens(image) for image in _image_batch(images)]
         out = []
         for tokens, signature in zip(token_sets, self._minhashes(token_sets)):
             found = self.lsh.query(signature)
@@ -108,3 +111,12 @@ class NearDuplicateIndex:
                 found = [key for key in found if jaccard(tokens, self.tokens[key]) >= self.threshold]
             out.append(sorted(found, key=lambda key: -jaccard(tokens, self.tokens[key])))
         return out
+
+
+def _image_batch(images) -> np.ndarray:
+    """Images as an array ``[n, H, W]``; one image without the batch axis gets a clear message."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        hint = " (one image? use images[None])" if images.ndim == 2 else ""
+        raise VectorIndexError(f"images: expected an array [n, H, W], got shape {images.shape}{hint}")
+    return images

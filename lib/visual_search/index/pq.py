@@ -29,6 +29,8 @@ then one scalar per query, one per vector, and m look-ups per pair.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from visual_search.errors import VectorIndexError
@@ -41,6 +43,7 @@ from visual_search.index.ivf import (
     insert_into_lists,
     remove_from_lists,
     restore_quantizer,
+    saved_centroids,
     scan_probed_lists,
 )
 from visual_search.index.kernels import topk_smallest
@@ -114,10 +117,18 @@ class ProductQuantizer:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks}
 
-    def restore(self, arrays: dict[str, np.ndarray], trained: bool, where: str) -> None:
-        """Take saved codebooks, checking their shape (``load_index``)."""
+    def trained(self, x: np.ndarray) -> ProductQuantizer:
+        """A trained copy (this one is left as it is, for a search that may still be reading it)."""
+        pq = copy.copy(self)
+        pq.train(x)
+        return pq
+
+    def restored(self, arrays: dict[str, np.ndarray], trained: bool, where: str) -> ProductQuantizer:
+        """A copy with saved codebooks, checking their shape (``load_index``)."""
         shape = (self.m, self.ksub, self.dsub) if trained else (0, self.ksub, self.dsub)
-        self.codebooks = expect_array(arrays, "codebooks", np.float32, shape, where)
+        pq = copy.copy(self)
+        pq.codebooks = expect_array(arrays, "codebooks", np.float32, shape, where)
+        return pq
 
     def check_codes(self, codes: np.ndarray, where: str) -> None:
         """Saved codes must index the codebooks: each below ``2**nbits``."""
@@ -143,46 +154,51 @@ class PQIndex(BaseIndex):
 
     def __init__(self, dim: int, metric: str = "l2", m: int = 8, nbits: int = 8, n_iter: int = 15, seed: int = 0,
                  max_train_points: int | None = None) -> None:
-        self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
+        self._untrained = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
         super().__init__(dim, metric)
+
+    @property
+    def pq(self) -> ProductQuantizer:
+        """The product quantizer and its codebooks; part of the state, so a search never sees new codebooks with old codes."""
+        return self._state["pq"]
 
     def params(self) -> dict:
         pq = self.pq
         return {"m": pq.m, "nbits": pq.nbits, "n_iter": pq.n_iter, "seed": pq.seed, "max_train_points": pq.max_train_points}
 
     def _empty_state(self):
-        return {"codes": np.empty((0, self.pq.m), np.uint8)}
+        return {"codes": np.empty((0, self._untrained.m), np.uint8), "pq": self._untrained}
 
-    def _train(self, x: np.ndarray) -> None:
-        self.pq.train(x)
+    def _train(self, x: np.ndarray):
+        return {"pq": self._untrained.trained(x)}
 
     def _add(self, state, x, ids):
-        return {"codes": np.concatenate([state["codes"], self.pq.encode(x)])}
+        return {"codes": np.concatenate([state["codes"], state["pq"].encode(x)])}
 
     def _search(self, state, q, k, settings, info):
-        codes = state["codes"]
+        codes, pq = state["codes"], state["pq"]
         keys = np.empty((len(q), k), np.float32)
         rows = np.empty((len(q), k), np.int64)
         block = max(1, 4_000_000 // len(codes))
         for start in range(0, len(q), block):
             part = q[start : start + block]
-            rows[start : start + block], keys[start : start + block] = topk_smallest(self.pq.adc(self.pq.tables(part, self.metric), codes), k)
+            rows[start : start + block], keys[start : start + block] = topk_smallest(pq.adc(pq.tables(part, self.metric), codes), k)
         return keys, self._rows_to_ids(state, rows)
 
     def _remove(self, state, drop):
         return {"codes": state["codes"][~drop]}
 
     def _structure_bytes(self, state):
-        return state["codes"].nbytes + self.pq.codebooks.nbytes
+        return state["codes"].nbytes + state["pq"].codebooks.nbytes
 
     def _arrays(self, state):
-        return {"codes": state["codes"], **self.pq.arrays()}
+        return {"codes": state["codes"], **state["pq"].arrays()}
 
     def _restore(self, arrays, n, where):
-        self.pq.restore(arrays, self.is_trained, where)
-        codes = expect_array(arrays, "codes", np.uint8, (n, self.pq.m), where)
-        self.pq.check_codes(codes, where)
-        return {"codes": codes}
+        pq = self._untrained.restored(arrays, self.is_trained, where)
+        codes = expect_array(arrays, "codes", np.uint8, (n, pq.m), where)
+        pq.check_codes(codes, where)
+        return {"codes": codes, "pq": pq}
 
 
 @register
@@ -207,11 +223,19 @@ class IVFPQIndex(BaseIndex):
                  n_iter: int = 15, seed: int = 0, max_train_points: int | None = None) -> None:
         self.nlist = positive_int(nlist, "ivfpq: nlist", high=2**24)
         self.nprobe = check_nprobe(nprobe, "ivfpq")
-        self.pq = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
-        self.n_iter, self.seed, self.max_train_points = self.pq.n_iter, self.pq.seed, self.pq.max_train_points
+        self._untrained = ProductQuantizer(dim, m, nbits, n_iter, seed, max_train_points)
+        self.n_iter, self.seed, self.max_train_points = self._untrained.n_iter, self._untrained.seed, self._untrained.max_train_points
         super().__init__(dim, metric)
-        self.quantizer: CoarseQuantizer | None = None
-        self._list_tables: np.ndarray | None = None
+
+    @property
+    def pq(self) -> ProductQuantizer:
+        """The residual product quantizer (part of the state, with the centroids and tables)."""
+        return self._state["pq"]
+
+    @property
+    def quantizer(self) -> CoarseQuantizer | None:
+        """The trained coarse centroids (None before ``train``)."""
+        return self._state["quantizer"]
 
     def _check_search_params(self, settings):
         return {"nprobe": check_nprobe(settings["nprobe"], "ivfpq")}
@@ -221,44 +245,45 @@ class IVFPQIndex(BaseIndex):
                 "n_iter": self.n_iter, "seed": self.seed, "max_train_points": self.max_train_points}
 
     def _empty_state(self):
-        return {"codes": np.empty((0, self.pq.m), np.uint8), "terms": np.empty(0, np.float32),  # per vector: ||r_hat||^2 + 2 c.r_hat (l2)
-                "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64)}
+        return {"codes": np.empty((0, self._untrained.m), np.uint8), "terms": np.empty(0, np.float32),  # per vector: ||r_hat||^2 + 2 c.r_hat (l2)
+                "rows": np.empty(0, np.int64), "offsets": np.zeros(self.nlist + 1, np.int64),
+                "pq": self._untrained, "quantizer": None, "list_tables": None}
 
-    def _train(self, x: np.ndarray) -> None:
-        if len(x) < max(self.nlist, self.pq.ksub):
-            raise VectorIndexError(f"ivfpq: training needs at least max(nlist, 2**nbits)={max(self.nlist, self.pq.ksub)} vectors, got {len(x)}")
+    def _train(self, x: np.ndarray):
+        if len(x) < max(self.nlist, self._untrained.ksub):
+            raise VectorIndexError(f"ivfpq: training needs at least max(nlist, 2**nbits)={max(self.nlist, self._untrained.ksub)} vectors, got {len(x)}")
         centroids, _ = kmeans(x, self.nlist, n_iter=self.n_iter, seed=self.seed, max_points=self.max_train_points or 256 * self.nlist)
         quantizer = CoarseQuantizer(centroids, self.metric)
-        self.pq.train(x - centroids[quantizer.nearest(x, 1)[:, 0]])
-        self.quantizer = quantizer
-        self._precompute()
+        pq = self._untrained.trained(x - centroids[quantizer.nearest(x, 1)[:, 0]])
+        return {"quantizer": quantizer, "pq": pq, "list_tables": self._precompute(quantizer, pq)}
 
-    def _code_terms(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _code_terms(list_tables: np.ndarray | None, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Per vector, ``||r_hat||^2 + 2 c.r_hat`` (l2; zeros otherwise): the query-free part of its distance."""
         out = np.zeros(len(codes), np.float32)
-        if self._list_tables is None:
+        if list_tables is None:
             return out
-        for j in range(self.pq.m):
-            out += self._list_tables[lists, j, codes[:, j]]
+        for j in range(codes.shape[1]):
+            out += list_tables[lists, j, codes[:, j]]
         return out
 
-    def _precompute(self) -> None:
-        """``_list_tables[l, j, c] = ||codeword_jc||^2 + 2 centroid_l[j] . codeword_jc`` (l2 only)."""
-        if self.metric != "l2" or self.quantizer is None:
-            self._list_tables = None
-            return
-        books = self.pq.codebooks  # [m, ksub, dsub]
-        parts = self.quantizer.centroids.reshape(self.nlist, self.pq.m, self.pq.dsub)
-        self._list_tables = (np.einsum("mkd,mkd->mk", books, books)[None] + 2 * np.einsum("lmd,mkd->lmk", parts, books)).astype(np.float32)
+    def _precompute(self, quantizer: CoarseQuantizer | None, pq: ProductQuantizer) -> np.ndarray | None:
+        """``tables[l, j, c] = ||codeword_jc||^2 + 2 centroid_l[j] . codeword_jc`` (l2 only; None otherwise)."""
+        if self.metric != "l2" or quantizer is None:
+            return None
+        books = pq.codebooks  # [m, ksub, dsub]
+        parts = quantizer.centroids.reshape(self.nlist, pq.m, pq.dsub)
+        return (np.einsum("mkd,mkd->mk", books, books)[None] + 2 * np.einsum("lmd,mkd->lmk", parts, books)).astype(np.float32)
 
     def _add(self, state, x, ids):
-        new_lists = self.quantizer.nearest(x, 1)[:, 0]
-        codes = self.pq.encode(x - self.quantizer.centroids[new_lists])
+        quantizer, pq = state["quantizer"], state["pq"]
+        new_lists = quantizer.nearest(x, 1)[:, 0]
+        codes = pq.encode(x - quantizer.centroids[new_lists])
         order, offsets = insert_into_lists(state["offsets"], new_lists)
         n_old = len(state["rows"])
         return {
             "codes": np.concatenate([state["codes"], codes])[order],
-            "terms": np.concatenate([state["terms"], self._code_terms(new_lists, codes)])[order],
+            "terms": np.concatenate([state["terms"], self._code_terms(state["list_tables"], new_lists, codes)])[order],
             "rows": np.concatenate([state["rows"], np.arange(n_old, n_old + len(x))])[order],
             "offsets": offsets,
         }
@@ -269,11 +294,12 @@ class IVFPQIndex(BaseIndex):
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _search_block(self, state, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        probes = self.quantizer.nearest(q, min(nprobe, self.nlist))
-        centroids = self.quantizer.centroids
+        pq = state["pq"]
+        probes = state["quantizer"].nearest(q, min(nprobe, self.nlist))
+        centroids = state["quantizer"].centroids
         all_codes, all_terms = state["codes"], state["terms"]
         # The query's own table, shared by all the lists it probes: -2 q.r for l2, -q.r for ip.
-        query_tables = self.pq.tables(q, "ip") * (2.0 if self.metric == "l2" else 1.0)
+        query_tables = pq.tables(q, "ip") * (2.0 if self.metric == "l2" else 1.0)
         q_dot_c = q @ centroids.T  # [nq, nlist]
         q_sq = np.einsum("ij,ij->i", q, q)
         c_sq = np.einsum("ij,ij->i", centroids, centroids)
@@ -282,8 +308,8 @@ class IVFPQIndex(BaseIndex):
             codes = all_codes[lo:hi]
             if self.metric == "l2":  # ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
                 base = q_sq[who] - 2 * q_dot_c[who, lst] + c_sq[lst]
-                return self.pq.adc(query_tables[who], codes) + all_terms[lo:hi][None, :] + base[:, None]
-            return self.pq.adc(query_tables[who], codes) - q_dot_c[who, lst][:, None]  # -q.c - q.r
+                return pq.adc(query_tables[who], codes) + all_terms[lo:hi][None, :] + base[:, None]
+            return pq.adc(query_tables[who], codes) - q_dot_c[who, lst][:, None]  # -q.c - q.r
 
         keys, rows = scan_probed_lists(probes, state["offsets"], state["rows"], k, score)
         return keys, self._rows_to_ids(state, rows)
@@ -293,24 +319,29 @@ class IVFPQIndex(BaseIndex):
         return {"codes": state["codes"][keep], "terms": state["terms"][keep], "rows": rows, "offsets": offsets}
 
     def _structure_bytes(self, state):
-        centroids = self.quantizer.centroids.nbytes if self.quantizer is not None else 0
-        tables = self._list_tables.nbytes if self._list_tables is not None else 0
-        return sum(state[name].nbytes for name in ("codes", "terms", "rows", "offsets")) + centroids + self.pq.codebooks.nbytes + tables
+        centroids = state["quantizer"].centroids.nbytes if state["quantizer"] is not None else 0
+        tables = state["list_tables"].nbytes if state["list_tables"] is not None else 0
+        return sum(state[name].nbytes for name in ("codes", "terms", "rows", "offsets")) + centroids + state["pq"].codebooks.nbytes + tables
 
     def _arrays(self, state):
-        centroids = self.quantizer.centroids if self.quantizer is not None else np.empty((0, self.dim), np.float32)
-        return {"centroids": centroids, **{name: state[name] for name in ("codes", "terms", "rows", "offsets")}, **self.pq.arrays()}
+        return {"centroids": saved_centroids(state, self.dim), **{name: state[name] for name in ("codes", "terms", "rows", "offsets")}, **state["pq"].arrays()}
 
     def _restore(self, arrays, n, where):
-        self.quantizer = restore_quantizer(arrays, self, where)
-        self.pq.restore(arrays, self.is_trained, where)
+        quantizer = restore_quantizer(arrays, self, where)
+        pq = self._untrained.restored(arrays, self.is_trained, where)
         state = {
+            "quantizer": quantizer,
+            "pq": pq,
+            "list_tables": self._precompute(quantizer, pq),
             "codes": expect_array(arrays, "codes", np.uint8, (n, self.pq.m), where),
             "terms": expect_array(arrays, "terms", np.float32, (n,), where),
             "rows": expect_array(arrays, "rows", np.int64, (n,), where),
             "offsets": expect_array(arrays, "offsets", np.int64, (self.nlist + 1,), where),
         }
-        self.pq.check_codes(state["codes"], where)
+        pq.check_codes(state["codes"], where)
         check_list_layout(state, n, self.nlist, where)
-        self._precompute()
+        if n and state["list_tables"] is not None:  # the terms are derived data: they must be what the codes say
+            lists = np.repeat(np.arange(self.nlist), np.diff(state["offsets"]))
+            if not np.allclose(state["terms"], self._code_terms(state["list_tables"], lists, state["codes"]), rtol=1e-4, atol=1e-3):
+                raise VectorIndexError(f"{where}: saved precomputed terms do not match the codes")
         return state

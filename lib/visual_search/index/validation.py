@@ -19,6 +19,8 @@ METRICS = ("l2", "ip", "cosine")
 #: Larger coordinates are refused: their squares, summed over a vector, would overflow
 #: float32 (about 3.4e38) in a distance computation long before they meant anything.
 MAX_ABS_VALUE = 1e15
+#: Saved float arrays may hold squared norms and sums of them, but nothing near float32's limit.
+MAX_STORED_VALUE = 1e36
 #: The largest id (int64); -1 is reserved for "no result".
 MAX_ID = np.iinfo(np.int64).max
 
@@ -138,12 +140,17 @@ def check_new_ids(ids: Any, n: int, stored: np.ndarray) -> np.ndarray:
 
 
 def check_remove_ids(ids: Any) -> np.ndarray:
-    """Ids to remove: a 1-D integer array (ids that are not stored are simply ignored)."""
+    """Ids to remove: a 1-D integer array. Ids that cannot be stored (negative, beyond int64) are
+    ignored like any other id that is not present."""
     arr = np.asarray(ids)
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iuO"):
+    integral = arr.dtype.kind in "iu" or (arr.dtype.kind == "O" and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in arr.ravel()))
+    if arr.ndim != 1 or (arr.size and not integral):
         raise VectorIndexError(f"ids to remove: expected a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}")
-    arr = arr[(arr >= 0)] if arr.size and arr.dtype.kind in "iu" else arr
-    return _as_id_array(arr, "ids to remove")
+    if arr.dtype.kind == "O":
+        arr = np.array([int(i) for i in arr if 0 <= int(i) <= MAX_ID], dtype=np.int64)
+    elif arr.dtype.kind == "u":
+        arr = arr[arr <= MAX_ID]
+    return arr[arr >= 0].astype(np.int64)
 
 
 def check_params_mapping(params: Any, accepted: tuple[str, ...], kind: str) -> dict[str, Any]:
@@ -180,9 +187,22 @@ def expect_array(arrays: Mapping[str, np.ndarray], name: str, dtype: Any, shape:
     if a.dtype != np.dtype(dtype) or a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
         want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise VectorIndexError(f"{where}: saved array {name!r} is {a.dtype} {list(a.shape)}, expected {np.dtype(dtype)} {want}")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise VectorIndexError(f"{where}: saved array {name!r} contains NaN or inf")
+    if a.dtype.kind == "f" and a.size and not (np.abs(a) <= MAX_STORED_VALUE).all():  # NaN fails this too
+        raise VectorIndexError(f"{where}: saved array {name!r} contains NaN, inf or values beyond {MAX_STORED_VALUE:g}")
     return a
+
+
+def check_stored_form(matrix: np.ndarray, metric: str, name: str, where: str) -> None:
+    """Saved rows in ``kernels.stored_form`` (``[-2x, ||x||^2]`` for l2, ``-x`` otherwise) must be
+    consistent: vectors within ``MAX_ABS_VALUE``, and for l2 each stored norm equal to the norm
+    of its vector (an edited norm would silently reorder every result)."""
+    vectors = matrix[:, :-1] / -2 if metric == "l2" else -matrix
+    if vectors.size and np.abs(vectors).max() > MAX_ABS_VALUE:
+        raise VectorIndexError(f"{where}: saved array {name!r} holds vectors with values beyond {MAX_ABS_VALUE:g}")
+    if metric == "l2" and len(matrix):
+        norms = np.einsum("ij,ij->i", vectors.astype(np.float64), vectors.astype(np.float64))
+        if not np.allclose(matrix[:, -1], norms, rtol=1e-4, atol=1e-6):
+            raise VectorIndexError(f"{where}: saved array {name!r} holds squared norms that do not match its vectors")
 
 
 def check_rows(rows: np.ndarray, n: int, name: str, where: str) -> None:
