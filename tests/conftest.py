@@ -43,3 +43,17 @@ def _outputs_in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def sample() -> data.Sample:
     return data.load_sample()
+
+
+@pytest.fixture
+def torch_load_calls(monkeypatch) -> list:
+    """Every ``torch.load`` call from now on, as ``(file, weights_only)``; the loads still happen."""
+    calls = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        calls.append((f, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return calls

@@ -203,18 +203,11 @@ def test_a_plain_torch_save_file_is_refused_without_unpickling_it(tmp_path, monk
         models.load_encoder(tmp_path / "text.pt")
 
 
-def test_torch_load_is_only_ever_called_weights_only_on_the_verified_payload(tmp_path, monkeypatch):
+def test_torch_load_is_only_ever_called_weights_only_on_the_verified_payload(tmp_path, request):
     enc = build_encoder("cnn", **SMALL["cnn"])
     path = tmp_path / "enc.pt"
     models.save_encoder(enc, path, state={"step": torch.tensor(3), "betas": (0.9, 0.999)})
-    calls = []
-    real_load = torch.load
-
-    def spy(f, *args, **kwargs):
-        calls.append((f, kwargs.get("weights_only")))
-        return real_load(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
+    calls = request.getfixturevalue("torch_load_calls")  # installed here, after the save above
     checkpoint = models.load_checkpoint(path)
     assert calls and all(isinstance(f, io.BytesIO) and weights_only is True for f, weights_only in calls)
     assert checkpoint.state["betas"] == (0.9, 0.999) and checkpoint.state["step"].item() == 3 and checkpoint.format_version == 1

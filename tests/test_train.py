@@ -39,21 +39,14 @@ def test_resume_continues_exactly_where_it_stopped(sample, tmp_path):
         train_simclr(TrainConfig(**{**TINY, "lr": 0.1}), sample.gallery_images, out=path, resume=True, progress=False)
 
 
-def test_resume_reads_the_checkpoint_weights_only_through_the_verified_loader(sample, tmp_path, monkeypatch):
+def test_resume_reads_the_checkpoint_weights_only_through_the_verified_loader(sample, tmp_path, request):
     path = tmp_path / "run.pt"
     train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, progress=False, stop_after=1)
     assert path.read_bytes()[:8] == models.CHECKPOINT_MAGIC
     checkpoint = models.load_checkpoint(path)
     assert set(checkpoint.state) == {"optimiser", "schedule", "generator"}
     assert checkpoint.extra["train_state"]["cfg"]["augment_args"]["crop_scale"] == [0.6, 1.0]  # JSON: the tuple is a list
-    calls = []
-    real_load = torch.load
-
-    def spy(f, *args, **kwargs):
-        calls.append((f, kwargs.get("weights_only")))
-        return real_load(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
+    calls = request.getfixturevalue("torch_load_calls")  # installed here, after the save above
     _, history = train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
     assert len(history) == 2
     assert calls and all(isinstance(f, io.BytesIO) and weights_only is True for f, weights_only in calls)
