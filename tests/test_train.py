@@ -159,3 +159,15 @@ def test_committed_checkpoint_loads_and_beats_a_random_encoder(sample):
     assert e.shape == (4, 64) and e.dtype == np.float32  # 16 -> 32 -> 64 channels, globally pooled
     random_init = models.build_encoder(trained.name, **{**trained.config, "seed": 0})
     assert knn_precision_at_1(trained, sample) > knn_precision_at_1(random_init, sample)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 9, 10, 11, 20, 100])
+def test_the_schedule_survives_short_runs(total_steps):
+    """torch's OneCycleLR crashed when 10% of the steps was exactly one step (10 steps in all)."""
+    from visual_search.train import one_cycle
+
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = one_cycle(optimiser, 0.1, total_steps)
+    for _ in range(total_steps):
+        optimiser.step()
+        schedule.step()

@@ -168,7 +168,7 @@ def train_simclr(
     encoder = build_encoder(cfg.encoder, seed=cfg.seed, **cfg.encoder_args).to(device)
     optimiser = torch.optim.AdamW(list(encoder.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(x_all) // cfg.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    schedule = one_cycle(optimiser, cfg.lr, cfg.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -220,6 +220,17 @@ def train_simclr(
             tensors = {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state()}
             save_encoder(encoder, out, extra={"train_state": {"cfg": asdict(cfg), "history": history}}, state=tensors)
     return encoder.eval(), history
+
+
+def one_cycle(optimiser: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule every loop here uses: 10% warm-up, then cosine decay.
+
+    torch's OneCycleLR divides by the warm-up length minus one step, so a warm-up of
+    exactly one step (10 steps in all) crashed with ZeroDivisionError; that one case gets
+    a 2-step warm-up instead. Every other length keeps the 10% the committed run used.
+    """
+    pct_start = 0.2 if total_steps * 0.1 == 1 else 0.1
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=total_steps, pct_start=pct_start)
 
 
 def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -275,7 +286,7 @@ def train_supervised(
     classifier.to(device)
     optimiser = torch.optim.AdamW(list(encoder.backbone.parameters()) + list(classifier.parameters()), lr=lr, weight_decay=1e-5)
     steps = len(x_all) // batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
+    schedule = one_cycle(optimiser, lr, epochs * steps)
     augment_args = TrainConfig().augment_args
     encoder.train()
     for epoch in range(epochs):
