@@ -72,7 +72,12 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
         }
         try:
             with _environment(**env):
-                NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+                # shutdown_kernel="immediate": the outputs are complete once the last cell has run, so the
+                # kernel is stopped at once instead of waiting ~1 s per notebook for a graceful exit.
+                client = NotebookClient(
+                    nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate", resources={"metadata": {"path": str(path.parent)}}
+                )
+                client.execute()
         finally:  # keep the executed copy, failed cells included, for debugging
             if out_dir is not None:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
