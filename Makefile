@@ -52,11 +52,12 @@ course: data
 
 # Tests that need the full dataset skip (with the reason) if `data` could not get it.
 # Two pytest workers (pytest-xdist), each single-threaded (tests/conftest.py), fill two cores
-# without oversubscribing them; TEST_WORKERS=0 runs everything in one process.
+# without oversubscribing them; a worker that runs out of tests steals from the other (the
+# notebooks are long). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory data
-	VISUAL_SEARCH_FAST=1 $(PY) -m pytest -n $(TEST_WORKERS)
+	VISUAL_SEARCH_FAST=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests datasets notebooks

@@ -120,8 +120,11 @@ def knn_precision_at_1(encoder: Encoder, sample: Sample) -> float:
     device = next(encoder.parameters()).device
 
     def embed_all(images: np.ndarray) -> torch.Tensor:
-        x = preprocess_batch(images, size=encoder.image_size, mean=encoder.mean, std=encoder.std, channels=encoder.in_channels)
-        return encoder(x.to(device)).cpu()  # the encoder's retrieval layer
+        parts = []
+        for start in range(0, len(images), 256):  # batches of 256: one huge batch is slower on a CPU
+            x = preprocess_batch(images[start : start + 256], size=encoder.image_size, mean=encoder.mean, std=encoder.std, channels=encoder.in_channels)
+            parts.append(encoder(x.to(device)).cpu())  # the encoder's retrieval layer
+        return torch.cat(parts)
 
     nearest = (embed_all(sample.query_images) @ embed_all(sample.gallery_images).T).argmax(dim=1).numpy()
     return float(np.mean(sample.gallery_labels[nearest] == sample.query_labels))
