@@ -47,6 +47,7 @@ from visual_search.index.validation import (
     check_new_ids,
     check_params_mapping,
     check_remove_ids,
+    expect_array,
     normalize_rows,
     positive_int,
 )
@@ -334,8 +335,6 @@ class StaticIndex(BaseIndex):
         return {"vectors": state["vectors"]}
 
     def _restore(self, arrays, n, where):
-        from visual_search.index.validation import expect_array
-
         vectors = expect_array(arrays, "vectors", np.float32, (n, self.dim), where)
         return {"vectors": vectors, "built": self._build(vectors) if n else None}
 

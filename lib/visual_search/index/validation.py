@@ -89,7 +89,8 @@ def check_k(k: Any) -> int:
 
 
 def _as_id_array(ids: Any, name: str) -> np.ndarray:
-    """Integer ids as int64, refusing floats, booleans and values outside 0..int64 max *before* casting."""
+    """Integer ids as int64, refusing floats, booleans and values outside 0..int64 max *before* casting
+    (a cast would wrap them silently)."""
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise VectorIndexError(f"{name}: expected a 1-D integer array, got shape {ids.shape}")
@@ -98,14 +99,12 @@ def _as_id_array(ids: Any, name: str) -> np.ndarray:
     if ids.dtype.kind == "O":  # Python ints too large for int64 land here
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
             raise VectorIndexError(f"{name}: expected integers, got dtype {ids.dtype}")
-        bad = next(int(i) for i in ids if not 0 <= int(i) <= MAX_ID) if any(not 0 <= int(i) <= MAX_ID for i in ids) else None
-        if bad is not None:
-            raise VectorIndexError(f"{name}: id {bad} is outside 0..{MAX_ID} (int64)")
-        return ids.astype(np.int64)
-    if ids.dtype.kind not in "iu":
+    elif ids.dtype.kind not in "iu":
         raise VectorIndexError(f"{name}: expected integers, got dtype {ids.dtype}")
-    if ids.dtype.kind == "u" and ids.max() > MAX_ID:
-        raise VectorIndexError(f"{name}: id {int(ids.max())} is outside 0..{MAX_ID} (int64)")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high > MAX_ID:
+        bad = low if low < 0 else high
+        raise VectorIndexError(f"{name}: id {bad} is outside 0..{MAX_ID} (int64)")
     return ids.astype(np.int64)
 
 
@@ -127,9 +126,10 @@ def check_new_ids(ids: Any, n: int, stored: np.ndarray) -> np.ndarray:
         return np.arange(start, start + n, dtype=np.int64)
     if np.shape(ids) != (n,):
         raise VectorIndexError(f"ids: expected shape ({n},) to match the vectors, got {np.shape(ids)}")
-    if n and np.asarray(ids).dtype.kind in "iu" and np.asarray(ids).min() < 0:
-        raise VectorIndexError(f"ids: must be non-negative (-1 marks 'no result'), got {int(np.asarray(ids).min())}")
-    ids = _as_id_array(ids, "ids")
+    arr = np.asarray(ids)
+    if n and arr.dtype.kind in "iu" and arr.min() < 0:
+        raise VectorIndexError(f"ids: must be non-negative (-1 marks 'no result'), got {int(arr.min())}")
+    ids = _as_id_array(arr, "ids")
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise VectorIndexError(f"ids: id {int(unique[counts > 1][0])} appears more than once in this batch")
