@@ -40,12 +40,17 @@ def _figure(out_figure: str) -> Path:
     return (config.REPO_ROOT / out_figure).resolve()
 
 
+def _check_outputs(out: dict, results: Path, figures: Path, name: str) -> None:
+    """The benchmark wrote what it returned as JSON, and its figure, into the test's folders."""
+    assert json.loads((results / f"{name}.json").read_text()) == json.loads(json.dumps(out))
+    assert _figure(out["figure"]) == (figures / f"{name}.png").resolve()
+    assert (figures / f"{name}.png").stat().st_size > 10_000
+
+
 def test_baseline_bench_writes_json_and_figure_and_beats_chance(out_dirs):
     results, figures = out_dirs
     out = bench.baseline.run(seed=0)
-    assert json.loads((results / "bench_baseline.json").read_text()) == json.loads(json.dumps(out))
-    assert _figure(out["figure"]) == (figures / "bench_baseline.png").resolve()
-    assert (figures / "bench_baseline.png").stat().st_size > 10_000
+    _check_outputs(out, results, figures, "bench_baseline")
     assert out["queries"] == bench.baseline.FAST_QUERIES and out["fast_mode"] is True
     rand, raw, ideal = (out["metrics"][m] for m in ("random", "raw pixels", ORACLE))
     for metric in ("MRR", "P@10", "mAP@100", "nDCG@10"):
@@ -55,9 +60,7 @@ def test_baseline_bench_writes_json_and_figure_and_beats_chance(out_dirs):
 def test_encoder_bench_runs_every_row_in_fast_mode(out_dirs):
     results, figures = out_dirs
     out = bench.encoders.run(seed=0)
-    assert json.loads((results / "bench_encoders.json").read_text()) == json.loads(json.dumps(out))
-    assert _figure(out["figure"]) == (figures / "bench_encoders.png").resolve()
-    assert (figures / "bench_encoders.png").stat().st_size > 10_000
+    _check_outputs(out, results, figures, "bench_encoders")
     rows = out["metrics"]
     assert list(rows) == ["raw pixels", "random-init CNN", "SimCLR CNN (committed)", "SimCLR CNN, embedding layer", "SimCLR CNN, head", "SimCLR CNN + clicks", "supervised CNN (ceiling)"]
     for row in rows.values():
