@@ -7,13 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data course test lint bench train datasets lab lock clean
+.PHONY: help install data browser course test lint bench train datasets lab lock clean serve
 
 help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
 	@echo "make lint      install, then ruff over the library, tests, datasets script and notebooks"
-	@echo "make bench     every benchmark (baseline, encoders, ann) -> results/*.json, figures/*.png"
+	@echo "make serve     the visual search service on http://127.0.0.1:8000 (full 70k gallery; first start builds it)"
+	@echo "make bench     every benchmark (baseline, encoders, ann, serve) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make data      fetch Fashion-MNIST (Debian package when root, else torchvision's download)"
@@ -47,6 +48,16 @@ data: $(STAMP)
 	fi
 	$(PY) -m visual_search.data
 
+# The browser test (chapter 09's web page) drives Debian's chromium through Playwright;
+# Playwright's own browser download is not used. Without a browser that one test skips.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the browser test ..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null) \
+			|| echo "apt-get could not install chromium; the browser test will skip"; \
+	fi
+
 course: data
 	$(PY) -m visual_search.notebook_runner --mode full
 
@@ -57,7 +68,12 @@ course: data
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory data
+	-@$(MAKE) --no-print-directory browser
 	VISUAL_SEARCH_FAST=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+SERVE_DIR ?= build/serve-full
+serve: data
+	$(PY) -m visual_search.service serve --host 127.0.0.1 --port 8000 --data-dir $(SERVE_DIR) --gallery full
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests datasets notebooks

@@ -33,6 +33,7 @@ LAYERS = [
     {"train"},
     {"index"},
     {"evalset"},
+    {"service"},
     {"notebook_runner"},
     {"bench"},
 ]

@@ -54,6 +54,18 @@ class MetricError(VisualSearchError):
     """Invalid input to a metric: a bad k, grade, hit matrix, or mismatched query lists."""
 
 
+class ServiceError(VisualSearchError):
+    """A bad request to the serving system: a field, a box, an id, a query id (HTTP 422 unless a subclass says otherwise)."""
+
+
+class NotFoundError(ServiceError):
+    """An image id or query id the service does not know, or may not show to this user (HTTP 404)."""
+
+
+class PayloadTooLargeError(ServiceError):
+    """An upload above the service's size limit, refused before it is read in full (HTTP 413)."""
+
+
 __all__ = [
     "VisualSearchError",
     "DataError",
@@ -64,4 +76,7 @@ __all__ = [
     "TrainError",
     "VectorIndexError",
     "MetricError",
+    "ServiceError",
+    "NotFoundError",
+    "PayloadTooLargeError",
 ]

@@ -19,6 +19,7 @@ Every bad input raises ``ImageError`` naming the file or array and the problem.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 import zlib
@@ -52,9 +53,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 
 
 def load_image(
-    path: str | Path, mode: str = "L", max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255
+    path: str | Path | bytes, mode: str = "L", max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255
 ) -> np.ndarray:
-    """Decode an image file into a uint8 array in a single colour mode.
+    """Decode an image file (or the bytes of one, as a server receives an upload) into a uint8 array in a single colour mode.
 
     Handles grayscale, RGB, RGBA and LA (alpha composited on ``background``), palette
     images, a transparent colour key on any mode, CMYK, 16-bit images, and EXIF
@@ -65,7 +66,7 @@ def load_image(
     (L = 0.299 R + 0.587 G + 0.114 B).
 
     Args:
-        path: the image file.
+        path: the image file, or its contents as ``bytes`` (messages then call it "upload").
         mode: "L" for grayscale ``[H, W]`` or "RGB" for ``[H, W, 3]``.
         max_pixels: refuse images larger than this (width x height) before decoding.
             Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) applies as well.
@@ -84,16 +85,22 @@ def load_image(
         raise ImageError(f"mode must be one of {MODES}, got {mode!r}")
     background = check_int(background, "background", low=0, high=255, error=ImageError)
     max_pixels = check_int(max_pixels, "max_pixels", low=1, error=ImageError)
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source: Path | io.BytesIO = io.BytesIO(bytes(path))
+        path = "upload"  # what messages call it
+        if not source.getbuffer().nbytes:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
     with warnings.catch_warnings():
         # Pillow warns at MAX_IMAGE_PIXELS and errors at twice that; we refuse both.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageError(
@@ -115,7 +122,7 @@ def load_image(
             raise ImageError(f"{path}: truncated or corrupt image data ({e})") from e
 
 
-def _to_mode(img: Image.Image, mode: str, path: Path, background: int) -> np.ndarray:
+def _to_mode(img: Image.Image, mode: str, path: Path | str, background: int) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to uint8 "L" or "RGB"."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit data (Pillow may open 16-bit PNGs as "I"): map 0..65535 onto 0..255.
