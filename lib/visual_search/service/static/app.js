@@ -7,8 +7,8 @@
 //   4. showing the results;
 //   5. wiring the buttons.
 //
-// <body data-state> says what the page is doing: "idle" (a query is chosen, not searched yet),
-// "searching", "done" (results are shown) or "error" (#error says why). <body data-searches>
+// <body data-state> says what the page is doing: "idle" (a new query is loading or loaded, not
+// searched yet), "searching", "done" (results are shown) or "error" (#error says why). <body data-searches>
 // counts the searches that finished, so a test can wait for the *next* one.
 "use strict";
 
@@ -25,7 +25,7 @@ const state = {
   image: null, // the same image decoded (an ImageBitmap), or null if the browser cannot decode it
   box: null, // the crop in *image* pixels {left, top, right, bottom}, right/bottom exclusive; null = whole image
   dragStart: null, // while the mouse button is down: where the drag started, in image pixels
-  busy: false, // a search (or a click on a result) is under way: ignore further clicks
+  busy: false, // an action (loading a query, a search, a click on a result) is under way: ignore further clicks
 };
 
 // An anonymous, random id for this browser, kept in localStorage so that the server's logs
@@ -199,20 +199,20 @@ canvas.addEventListener("pointercancel", () => {
 
 // ---------------------------------------------------------------- 3. talking to the server
 
-// Run one action that searches (Search, or a click on a result): the page is "searching"
-// meanwhile and refuses other clicks; afterwards it is "done", or "error" with the reason in #error.
-async function searchAction(action) {
+// Run one user action with the controls disabled and further clicks ignored, so that two
+// actions never interleave. The page is in state `during` meanwhile and `after` once it
+// succeeds; if it fails, #error says why and the page is in "error".
+async function act(action, during, after) {
   if (state.busy) return;
   state.busy = true;
-  setState("searching");
+  setState(during);
   setControlsDisabled(true);
   try {
     await action();
     showError("");
-    setState("done");
+    setState(after);
   } catch (err) {
     showError(err.message);
-    clearResults(); // the results shown belong to an earlier query: do not let them pass for this one's
     setState("error");
   } finally {
     state.busy = false;
@@ -242,14 +242,20 @@ async function runSearch() {
   if (k) form.append("k", k); // left empty: the server's default; out of range: the server says so
   form.append("user", USER);
 
-  const response = await request("/search", { method: "POST", body: form });
-  showResults(await response.json());
+  let data;
+  try {
+    data = await (await request("/search", { method: "POST", body: form })).json();
+  } catch (err) {
+    clearResults(); // the results shown belong to an earlier query: do not let them pass for this one's
+    throw err;
+  }
+  showResults(data);
   document.body.dataset.searches = Number(document.body.dataset.searches) + 1;
 }
 
 // A click on a result: log the click, then search for more like the clicked image.
 function moreLikeThis(queryId, result) {
-  return searchAction(async () => {
+  return act(async () => {
     // 1. Tell the server which result of which query was clicked, and at which rank. Wait
     //    for it: the click is then stored before the next query is made.
     await request("/clicks", {
@@ -261,23 +267,13 @@ function moreLikeThis(queryId, result) {
     await loadQuery(await (await request(result.url)).blob());
     // 3. ... and we search with it.
     await runSearch();
-  });
+  }, "searching", "done");
 }
 
 // A random gallery image as the query (not searched yet: press Search).
-async function randomQuery() {
-  $("random").disabled = true;
-  try {
-    const { url } = await (await request("/random")).json();
-    await loadQuery(await (await request(url)).blob());
-    showError("");
-    setState("idle");
-  } catch (err) {
-    showError(err.message);
-    setState("error");
-  } finally {
-    $("random").disabled = false;
-  }
+async function loadRandomQuery() {
+  const { url } = await (await request("/random")).json();
+  await loadQuery(await (await request(url)).blob());
 }
 
 // ---------------------------------------------------------------- 4. the results
@@ -337,25 +333,23 @@ function showStatus(data) {
 
 // ---------------------------------------------------------------- 5. wiring
 
-$("file").addEventListener("change", async () => {
+// A new query is "idle" while it loads and after: it is not searched until Search is pressed.
+$("file").addEventListener("change", () => {
   const file = $("file").files[0];
-  if (!file) return;
-  await loadQuery(file);
-  showError("");
-  setState("idle");
+  if (file) act(() => loadQuery(file), "idle", "idle");
 });
 
-$("random").addEventListener("click", randomQuery);
+$("random").addEventListener("click", () => act(loadRandomQuery, "idle", "idle"));
 
 $("clear-crop").addEventListener("click", () => {
   state.box = null;
   drawQuery();
 });
 
-$("search").addEventListener("click", () => searchAction(runSearch));
-
+const search = () => act(runSearch, "searching", "done");
+$("search").addEventListener("click", search);
 $("k").addEventListener("keydown", (event) => {
-  if (event.key === "Enter") searchAction(runSearch); // Enter in the k box searches too
+  if (event.key === "Enter") search(); // Enter in the k box searches too
 });
 
 drawQuery(); // the empty canvas, with its hint
