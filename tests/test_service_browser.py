@@ -50,7 +50,7 @@ except ImportError:
 
 if sync_playwright is None:
     pytest.skip(
-        "the browser test needs the Python package playwright (pip install playwright; only the package: the browser is Debian's chromium)",
+        "the browser test needs the Python package playwright (in requirements.lock: `make install`; only the package, the browser is Debian's chromium)",
         allow_module_level=True,
     )
 if not CHROMIUM.exists():
