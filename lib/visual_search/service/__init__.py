@@ -24,10 +24,10 @@ from visual_search.service.core import Gallery, SearchResponse, VisualSearchServ
 from visual_search.service.embedding import EmbeddingService, parse_box
 from visual_search.service.gallery import load_gallery
 from visual_search.service.neighbours import DEFAULT_SPEC, EXACT_SPEC, IndexSpec, NeighbourService, overfetch
-from visual_search.service.rerank import Candidate, QueryContext, default_rules, rerank
+from visual_search.service.rerank import Candidate, QueryContext, default_rules  # the module `rerank` stays the attribute
 
 __all__ = [
     "DEFAULT_SPEC", "EXACT_SPEC", "Candidate", "Catalog", "EmbeddingService", "Gallery", "ImageRecord", "IndexSpec",
     "NeighbourService", "NotFoundError", "PayloadTooLargeError", "QueryContext", "SearchResponse", "ServiceError",
-    "VisualSearchService", "content_hash", "default_rules", "load_gallery", "overfetch", "parse_box", "rerank",
+    "VisualSearchService", "content_hash", "default_rules", "load_gallery", "overfetch", "parse_box",
 ]

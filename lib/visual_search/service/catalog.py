@@ -139,8 +139,8 @@ class Catalog:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        conn = self._conn()
         try:
+            conn = self._conn()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ServiceError(f"{self.path}: catalog schema version {version} is newer than this code's {SCHEMA_VERSION}")

@@ -235,6 +235,9 @@ class VisualSearchService:
                 index.add(vectors[np.searchsorted(ids, missing)], missing, model_version=mv)
             report.update(added=len(missing), removed=len(extra))
         index.save(path)
+        for other in path.parent.glob("*.vsindex"):  # files of earlier models: the catalog no longer matches them
+            if other != path:
+                other.unlink()
         return index, report
 
     def _build(self, vectors: np.ndarray, ids: np.ndarray, model_version: str):
