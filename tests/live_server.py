@@ -25,15 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: urllib without any proxy from the environment: the server is on loopback.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get_json(url: str, timeout: float = 5.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with OPENER.open(url, timeout=timeout) as r:
         return json.loads(r.read())
 
 
 def start_server(data_dir: Path, gallery: str = "sample", timeout: float = 120.0, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start the service; returns ``(process, base_url)`` once /health answers ok."""
     port = free_port()
-    log = open(Path(data_dir).parent / f"server-{port}.log", "w")  # noqa: SIM115 (closed with the process)
+    Path(data_dir).parent.mkdir(parents=True, exist_ok=True)
+    log = open(Path(data_dir).parent / f"server-{port}.log", "w")  # a file, not a pipe: a pipe nobody reads fills up and blocks the server
     cmd = [sys.executable, "-m", "visual_search.service", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--data-dir", str(data_dir), "--gallery", gallery, "--log-level", "warning", *(extra or [])]
     env = {**os.environ, "PYTHONPATH": str(config.REPO_ROOT / "lib")}

@@ -12,21 +12,14 @@ when the ``playwright`` package or ``/usr/bin/chromium`` is missing.
 
 from __future__ import annotations
 
-import json
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from live_server import OPENER, start_server, stop_server
 from PIL import Image
 
-from visual_search import config
 from visual_search.data import load_sample
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,61 +52,24 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-# urllib without any proxy from the environment: the server is local.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 @dataclass
 class Server:
     url: str
     data_dir: Path
-    process: subprocess.Popen
-    log: Path
 
     def get(self, path: str, timeout: float = 5) -> bytes:
-        with _OPENER.open(self.url + path, timeout=timeout) as response:
+        with OPENER.open(self.url + path, timeout=timeout) as response:
             return response.read()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("service-data")
-    log = tmp_path_factory.mktemp("service-log") / "server.log"  # a file, not a pipe: a pipe nobody reads fills up and blocks the server
-    port = _free_port()
-    cmd = [sys.executable, "-m", "visual_search.service", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--gallery", "sample"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=config.REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
+    data_dir = tmp_path_factory.mktemp("service") / "data"
+    process, url = start_server(data_dir, gallery="sample", timeout=STARTUP_TIMEOUT_S)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with status {process.returncode} before it was healthy; its output:\n{srv.log_text()}")
-            try:
-                if json.loads(srv.get("/health", timeout=2)).get("status") == "ok":
-                    break
-            except (urllib.error.URLError, OSError, ValueError):
-                pass  # not listening yet (or not ready)
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not healthy within {STARTUP_TIMEOUT_S} s; its output:\n{srv.log_text()}")
-            time.sleep(0.2)
-        yield srv
+        yield Server(url, data_dir)
     finally:
-        process.terminate()  # SIGTERM: let it close the catalog cleanly
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_server(process)  # SIGTERM: let it close the catalog cleanly
 
 
 @pytest.fixture(scope="module")

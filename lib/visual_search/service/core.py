@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from urllib.parse import quote
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ class Gallery:
 
 def image_url(record: ImageRecord) -> str:
     """The URL the API serves an image at (a private image's URL names its owner)."""
-    return f"/images/{record.id}" + (f"?user={record.owner}" if record.private and record.owner else "")
+    return f"/images/{record.id}" + (f"?user={quote(record.owner)}" if record.private and record.owner else "")
 
 
 class VisualSearchService:
@@ -152,6 +153,7 @@ class VisualSearchService:
         self._swap_thread: threading.Thread | None = None
         self.swap_error: str | None = None
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._latency_lock = threading.Lock()  # stats() copies the deque while searches append to it
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
 
@@ -295,7 +297,8 @@ class VisualSearchService:
         query_id = uuid.uuid4().hex
         self.catalog.log_query(query_id, user, active.embedder.model_version, [c.id for c in kept])
         total = time.perf_counter() - t0
-        self._latencies.append(total)
+        with self._latency_lock:
+            self._latencies.append(total)
         timing = {"embed": (t1 - t0) * 1e3, "search": search_s * 1e3, "rerank": rerank_s * 1e3, "total": total * 1e3}
         results = [Result(c.id, c.score, rank, image_url(c.record)) for rank, c in enumerate(kept, start=1)]
         return SearchResponse(query_id, active.embedder.model_version, results, dropped, {k_: round(v, 3) for k_, v in timing.items()}, fetch)
@@ -325,7 +328,8 @@ class VisualSearchService:
 
     def stats(self) -> dict[str, Any]:
         """Counts, recent latency percentiles, and what is serving."""
-        lat = np.array(self._latencies) * 1e3
+        with self._latency_lock:
+            lat = np.array(self._latencies) * 1e3
         pct = {f"p{p}_ms": (round(float(np.percentile(lat, p)), 3) if len(lat) else None) for p in (50, 95, 99)}
         return {**self.catalog.counts(), "indexed": len(self.index), **pct, "latency_window": len(lat),
                 "model_version": self.model_version, "index": self._active.neighbours.label,
