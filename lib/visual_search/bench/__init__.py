@@ -19,6 +19,15 @@ graded set, and embedding throughput, all in one run.
 IVF-PQ, and Faiss, Annoy and scikit-learn): recall@10, queries/s, build time and
 memory per method and sweep point.
 
+``serve`` (``bench.serve``): the serving system of chapter 09 through its HTTP
+API on 127.0.0.1: which index the service should use (one-query latency on one
+thread and recall@10 of the kinds that support uploads and deletes), search
+load from 8 concurrent clients (QPS, p50/p95/p99, time per stage, server
+memory, first and later start-up), a mixed load of searches, uploads, deletes
+and a model swap (failed requests, stale reads), a SIGKILL during uploads
+(consistency after restart), and hostile uploads (each a 4xx that names the
+problem). Full mode serves the 70k gallery, fast mode the 2,000-image sample.
+
 Output: ``config.results_dir()`` (``results/``; fast mode ``build/results-fast/``;
 ``VISUAL_SEARCH_RESULTS`` overrides) gets ``bench_<name>.json``, and
 ``config.figures_dir()`` the figures, so a fast run never overwrites committed
@@ -37,10 +46,10 @@ import argparse
 import os
 from collections.abc import Callable
 
-from visual_search.bench import ann, baseline, encoders
+from visual_search.bench import ann, baseline, encoders, serve
 
 #: ``name -> run(seed=0) -> dict``: what ``main`` can run, in the default order.
-BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run}
+BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,4 +68,4 @@ def main(argv: list[str] | None = None) -> None:
         BENCHMARKS[name](seed=args.seed)
 
 
-__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main"]
+__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "serve"]
