@@ -41,8 +41,13 @@ def _figure(out_figure: str) -> Path:
 
 
 def _check_outputs(out: dict, results: Path, figures: Path, name: str) -> None:
-    """The benchmark wrote what it returned as JSON, and its figure, into the test's folders."""
+    """The benchmark wrote what it returned as JSON, and its figure (or each of its ``figures``), into the test's folders."""
     assert json.loads((results / f"{name}.json").read_text()) == json.loads(json.dumps(out))
+    if "figures" in out:  # several, each ``<name>_<what>.png``
+        for what, figure in out["figures"].items():
+            assert _figure(figure) == (figures / f"{name}_{what}.png").resolve(), what
+            assert _figure(figure).stat().st_size > 10_000, what
+        return
     assert _figure(out["figure"]) == (figures / f"{name}.png").resolve()
     assert (figures / f"{name}.png").stat().st_size > 10_000
 
@@ -98,6 +103,39 @@ def test_ann_bench_runs_every_method_and_writes_json_and_figures(out_dirs):
     assert out["near_duplicates"]["thresholds"]["0.8"]["original_found"] > 0.5
 
 
+def test_serve_bench_runs_every_section_against_a_live_server(out_dirs):
+    """Fast mode: the sample gallery, a real server subprocess on 127.0.0.1, every section end to end."""
+    results, figures = out_dirs
+    out = bench.serve.run(seed=0)
+    _check_outputs(out, results, figures, "bench_serve")
+    assert out["fast_mode"] is True and out["command"] == "python -m visual_search.bench serve --fast" and out["gallery_images"] == 2000
+    assert set(out["figures"]) == {"index_choice", "latency", "stages"}
+    choice = out["index_choice"]
+    best = choice["best"]
+    assert set(best) == {"kind", "params", "search"} and best["kind"] in ("exact", "faiss", "ivf")
+    assert choice["best_row"]["recall@10"] >= 0.95 and choice["best_row"]["p50_ms"] == min(r["p50_ms"] for r in choice["rows"] if r["recall@10"] >= 0.95)
+    assert next(r for r in choice["rows"] if r["kind"] == "exact")["recall@10"] == 1.0
+    from visual_search.service import IndexSpec
+
+    IndexSpec(**best)  # the pick is exactly what IndexSpec takes
+    load = out["search_load"]
+    assert load["starts"]["first"]["first_build"] is True and load["starts"]["second"]["first_build"] is False
+    assert load["starts"]["second"]["startup"]["index_loaded"] is True
+    assert load["errors"] == 0 and load["requests"] == load["clients"] * load["searches_per_client"] and load["qps"] > 0
+    assert set(load["server_timing_ms"]) >= {"embed", "search", "rerank"}
+    mixed = out["mixed_load"]
+    assert mixed["failed_requests"] == 0 and mixed["stale_reads"] == 0, mixed["failure_examples"]
+    assert mixed["lost_uploads"] == 0 and mixed["resurrected_deletes"] == 0 and mixed["deletes_acknowledged"] > 0
+    assert mixed["deleted_ids_shown_by_any_search"] > 0  # the stale-read check had something to catch
+    assert mixed["swap"]["succeeded"] and mixed["swap"]["model_version_changed"] and mixed["swap"]["old_version_after_swap"] == 0
+    crash = out["crash"]
+    assert crash["total_inconsistencies"] == 0 and crash["acknowledged"] > 0, crash["inconsistencies"]
+    assert crash["restart"]["health_status"] == 200 and crash["restart"]["images_equal_indexed"]
+    hostile = out["hostile_uploads"]
+    assert hostile["all_4xx"] and hostile["health_ok_after"] and hostile["server_alive_after"], [c for c in hostile["cases"] if not c["is_4xx"]]
+    assert hostile["all_name_problem"], [c for c in hostile["cases"] if not c["names_problem"]]
+
+
 def test_bench_cli_fast_flag_turns_on_fast_mode(out_dirs, monkeypatch):
     """``python -m visual_search.bench baseline --fast --seed 3`` from a shell where fast mode is off."""
     results, _ = out_dirs
@@ -118,7 +156,7 @@ def test_bench_cli_refuses_unknown_names_before_running_anything(out_dirs, monke
         bench.main(["baseline", "nonsense", "--fast"])
     assert "unknown benchmark" in capsys.readouterr().err
     assert not results.exists() and not config.is_fast()
-    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann"]
+    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve"]
 
 
 def test_nothing_imports_bench():
