@@ -106,7 +106,7 @@ class UploadLimit:
 
     def _message(self, size: int, at_least: bool = False) -> str:
         return (f"upload too large: {'more than ' if at_least else ''}{size:,} bytes; "
-                f"the limit is {self.max_bytes:,} bytes ({self.max_bytes / 2**20:g} MB)")
+                f"the limit is {self.max_bytes:,} bytes ({self.max_bytes / 2**20:.1f} MiB)")
 
 
 async def _send_json(send, status: int, detail: str) -> None:

@@ -25,12 +25,12 @@ import logging
 import threading
 import time
 import uuid
-from urllib.parse import quote
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
@@ -260,7 +260,13 @@ class VisualSearchService:
 
     @property
     def embedder(self) -> EmbeddingService:
+        """The embedding service now answering (replaced, with the index, by a model swap)."""
         return self._active.embedder
+
+    @property
+    def neighbours(self) -> NeighbourService:
+        """The nearest-neighbour service now answering: the index with its search knobs."""
+        return self._active.neighbours
 
     def search(self, image: bytes | np.ndarray, box: Sequence[float] | None = None, k: int = 20, user: str | None = None) -> SearchResponse:
         """Search with an upload (bytes) or decoded uint8 pixels ``[H, W]``, optionally cropped to ``box``.

@@ -94,7 +94,7 @@ class CollapseNearDuplicates:
 
     name = "near_duplicate"
 
-    def __init__(self, threshold: float = 0.995) -> None:
+    def __init__(self, threshold: float = 0.997) -> None:
         self.threshold = check_real(threshold, "threshold", low=-1.0, high=1.0, error=ServiceError)
 
     def __call__(self, candidates, context):
@@ -121,7 +121,7 @@ class TopK:
         return candidates[: context.k]
 
 
-def default_rules(near_duplicate_threshold: float = 0.995) -> list[Rule]:
+def default_rules(near_duplicate_threshold: float = 0.997) -> list[Rule]:
     """The chain in the order the module docstring gives."""
     return [DropDeleted(), DropBlocked(), DropPrivate(), DropQueryDuplicates(), CollapseNearDuplicates(near_duplicate_threshold), TopK()]
 
