@@ -122,11 +122,12 @@ def test_serve_bench_runs_every_section_against_a_live_server(out_dirs):
     assert load["starts"]["first"]["first_build"] is True and load["starts"]["second"]["first_build"] is False
     assert load["starts"]["second"]["startup"]["index_loaded"] is True
     assert load["errors"] == 0 and load["requests"] == load["clients"] * load["searches_per_client"] and load["qps"] > 0
-    assert set(load["server_timing_ms"]) >= {"embed", "search", "rerank"}
+    assert set(load["server_timing_ms"]) >= {"embed", "search", "rerank"} and load["single_client"]["errors"] == 0
     mixed = out["mixed_load"]
     assert mixed["failed_requests"] == 0 and mixed["stale_reads"] == 0, mixed["failure_examples"]
     assert mixed["lost_uploads"] == 0 and mixed["resurrected_deletes"] == 0 and mixed["deletes_acknowledged"] > 0
     assert mixed["deleted_ids_shown_by_any_search"] > 0  # the stale-read check had something to catch
+    assert mixed["uploads_visible_at_once"]["found"] == mixed["uploads_visible_at_once"]["probes"] == mixed["uploads_acknowledged"] > 0
     assert mixed["swap"]["succeeded"] and mixed["swap"]["model_version_changed"] and mixed["swap"]["old_version_after_swap"] == 0
     crash = out["crash"]
     assert crash["total_inconsistencies"] == 0 and crash["acknowledged"] > 0, crash["inconsistencies"]
