@@ -229,6 +229,24 @@ def test_near_duplicates_collapse_to_the_best_ranked_of_each_group():
         rules.CollapseNearDuplicates(2.0)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_near_duplicate_collapse_equals_the_slow_greedy_loop(seed):
+    """The vectorised rule against the obvious loop: keep a candidate unless it is close to one already kept."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    centres = rng.standard_normal((6, 8))
+    v = centres[rng.integers(0, 6, n)] + 0.05 * rng.standard_normal((n, 8))
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    threshold = float(rng.uniform(0.95, 0.999))
+    sims = v @ v.T
+    kept: list[int] = []
+    for i in range(n):
+        if not any(sims[i, j] > threshold for j in kept):
+            kept.append(i)
+    got = rules.CollapseNearDuplicates(threshold)([_cand(i, 1 - i / n, embedding=v[i]) for i in range(n)], QueryContext(n))
+    assert [c.id for c in got] == kept
+
+
 def test_rerank_counts_what_each_rule_dropped():
     cands = [_cand(1, 0.9, blocked=True), Candidate(2, 0.85, None), _cand(3, 0.8), _cand(4, 0.7), _cand(5, 0.6)]
     kept, dropped = rerank(cands, QueryContext(2), rules.default_rules())
@@ -439,6 +457,18 @@ def test_sigkill_during_uploads_loses_no_acknowledged_image_and_leaves_no_orphan
         stop_server(proc)
 
 
+def test_sigterm_saves_the_index_so_the_next_start_has_nothing_to_reconcile(data_dir, sample, encoder):
+    proc, base = start_server(data_dir)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.post("/images", files={"image": ("x.png", png(sample.query_images[0]), "image/png")}).status_code == 201
+    finally:
+        stop_server(proc)  # SIGTERM: the app's lifespan closes the service, which saves the index
+    svc = VisualSearchService(data_dir, encoder, progress=False)
+    assert svc.startup["index_loaded"] and svc.startup["added"] == svc.startup["removed"] == 0 and len(svc.index) == 2001
+    svc.close()
+
+
 # ------------------------------------------------------------------ model swap
 def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(service, sample):
     old = service.model_version
@@ -465,6 +495,8 @@ def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(
         uploaded.append(service.upload(sample.query_images[100 + i % 400]))  # writes during the rebuild
         if i % 3 == 2:
             service.delete(uploaded.pop(0))
+        if i < 300:
+            service.delete(1000 + i)  # a gallery image the swap listed before it was deleted: its file goes too
         i += 1
         time.sleep(0.01)
     service.wait_for_swap(60)
@@ -475,7 +507,9 @@ def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(
     assert not failures and service.swap_error is None
     assert service.model_version == second.version != old and versions[0] == old and versions[-1] == second.version
     assert versions == sorted(versions, key=lambda v: v == second.version)  # switched over once, never back
+    assert i > 0, "the swap finished before any write could race it"
     assert set(service.index.ids.tolist()) == set(service.catalog.ids().tolist()) and set(uploaded) <= set(service.index.ids.tolist())
+    assert 1000 not in service.index.ids
     assert set(service.catalog.embeddings()[2]) == {second.version}
     with pytest.raises(ServiceError, match="already running"):
         service._swap_lock.acquire()
@@ -581,7 +615,8 @@ GOOD = np.zeros((28, 28), np.uint8)
         ("patch", "/images/123456", {"json": {"blocked": True}}, 404, "no such image"),
         ("post", "/clicks", {"json": {"query_id": "nope", "image_id": 1, "rank": 1}}, 422, "no such query"),
         ("post", "/clicks", {"json": {"query_id": "q", "image_id": "1", "rank": 1}}, 422, "image_id"),
-        ("post", "/clicks", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+        ("post", "/clicks", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+        ("patch", "/images/1", {"content": b"private=1", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
         ("post", "/admin/model", {"json": {"checkpoint": "/etc/passwd"}}, 422, "must be inside"),
     ],
 )

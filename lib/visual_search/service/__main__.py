@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="images for a new data dir: all 70,000 Fashion-MNIST images, or the committed 2,000-image sample")
     serve.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH, help="the encoder (default: the committed SimCLR CNN)")
     serve.add_argument("--threads", type=int, default=1, help="torch threads per request (default 1: requests run in parallel instead)")
+    serve.add_argument("--request-threads", type=int, default=os.cpu_count() or 1,
+                       help="requests handled at once (default: the core count). Requests are CPU-bound Python, so more "
+                            "threads only take turns on the GIL: 8 clients on 2 cores got more QPS and a lower p99 with 2 than with 8 or AnyIO's 40")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="uploads above this get 413")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     args = parser.parse_args(argv)
@@ -39,16 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     from visual_search.service.gallery import load_gallery
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One thread each for torch, Faiss's OpenMP and BLAS: requests run side by side instead, and idle
+    # OpenMP threads spin-wait, stealing the core that another request (or a client) needs.
+    import faiss
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(max(1, args.threads))
+    faiss.omp_set_num_threads(max(1, args.threads))
+    threadpool_limits(max(1, args.threads))
     encoder, _ = load_encoder(args.checkpoint)
     service = VisualSearchService(args.data_dir, encoder, gallery=load_gallery(args.gallery) if _is_new(args.data_dir) else None)
     print(f"visual search: {len(service.index):,} images, model {service.model_version}, index {service.stats()['index']}; "
           f"start-up {service.startup}", flush=True)
-    app = create_app(service, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
-    finally:
-        service.close()
+    app = create_app(service, max_upload_bytes=int(args.max_upload_mb * 2**20), request_threads=args.request_threads, close_on_shutdown=True)
+    # The app's lifespan closes the service (saving the index) on Ctrl-C or SIGTERM, before uvicorn
+    # re-raises the signal to end the process.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
     return 0
 
 

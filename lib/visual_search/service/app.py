@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -137,12 +139,21 @@ class ModelSwap(BaseModel):
 def _validation_detail(err: RequestValidationError) -> str:
     parts = []
     for e in err.errors():
+        if e.get("type") == "json_invalid":  # its "loc" is a character position, not a field
+            parts.append(f"request body: not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})")
+            continue
         where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
         parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(service: VisualSearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, checkpoint_dirs: list[Path] | None = None) -> FastAPI:
+def create_app(
+    service: VisualSearchService,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    checkpoint_dirs: list[Path] | None = None,
+    request_threads: int | None = None,
+    close_on_shutdown: bool = False,
+) -> FastAPI:
     """The FastAPI app over ``service``.
 
     Args:
@@ -150,9 +161,22 @@ def create_app(service: VisualSearchService, max_upload_bytes: int = DEFAULT_MAX
         max_upload_bytes: the request body limit (413 above it).
         checkpoint_dirs: folders ``POST /admin/model`` may load checkpoints from
             (default: the repository's ``checkpoints/`` and ``<data-dir>/models``).
+        request_threads: how many requests run at once on the thread pool (None: AnyIO's default, 40).
+            Requests are CPU-bound Python: more threads than cores only take turns on the GIL.
+        close_on_shutdown: close the service (which saves the index) when the server shuts down;
+            the CLI sets it, so Ctrl-C and SIGTERM leave a saved index.
     """
     allowed = [p.resolve() for p in (checkpoint_dirs or [config.REPO_ROOT / "checkpoints", service.data_dir / "models"])]
-    app = FastAPI(title="Visual search", version=PACKAGE_VERSION,
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if request_threads is not None:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = request_threads
+        yield
+        if close_on_shutdown:
+            await anyio.to_thread.run_sync(service.close)
+
+    app = FastAPI(title="Visual search", version=PACKAGE_VERSION, lifespan=lifespan,
                   description="Search Fashion-MNIST by image or by a crop of one. The course's chapter 09.")
     app.state.service = service
 
@@ -200,9 +224,10 @@ def create_app(service: VisualSearchService, max_upload_bytes: int = DEFAULT_MAX
         box: Annotated[str | None, Form(description="'left,top,right,bottom' in pixels of the uploaded image")] = None,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
         user: Annotated[str | None, Form(max_length=200)] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The k most similar images to the upload (or to the box of it), best first."""
-        return service.search(read_upload(image), box=parse_box(box), k=k, user=user).as_dict()
+        # A JSONResponse skips FastAPI's generic encoder, a measurable share of a 3 ms request.
+        return JSONResponse(service.search(read_upload(image), box=parse_box(box), k=k, user=user).as_dict())
 
     @app.post("/images", status_code=201)
     def upload(

@@ -137,6 +137,10 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers of this process queue on a lock rather than in SQLite's busy handler, which sleeps and
+        # polls (milliseconds each time): eight threads logging queries at once otherwise wait on each other's sleeps.
+        # Other processes (a second server, a script) are still kept out by SQLite's own lock and busy timeout.
+        self._writer = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         try:
@@ -165,7 +169,7 @@ class Catalog:
 
     def _write(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
         conn = self._conn()
-        with conn:  # one transaction; rolled back if it raises
+        with self._writer, conn:  # one transaction; rolled back if it raises
             conn.execute("BEGIN IMMEDIATE")
             return conn.execute(sql, args)
 
@@ -191,7 +195,7 @@ class Catalog:
         conn = self._conn()
         now = time.time()
         ids = []
-        with conn:
+        with self._writer, conn:
             conn.execute("BEGIN IMMEDIATE")
             for im in images:
                 vec = np.ascontiguousarray(im.embedding, dtype=np.float32)
@@ -244,7 +248,7 @@ class Catalog:
             NotFoundError: no image has this id.
         """
         conn = self._conn()
-        with conn:
+        with self._writer, conn:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (int(image_id),)).fetchone()
             if row is None:
@@ -289,7 +293,7 @@ class Catalog:
         """Replace the embeddings of ``ids`` with ``vectors`` from ``model_version``, in one transaction."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         conn = self._conn()
-        with conn:
+        with self._writer, conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("UPDATE images SET embedding = ?, model_version = ? WHERE id = ?",
                              ((vectors[i].tobytes(), model_version, int(image_id)) for i, image_id in enumerate(ids)))

@@ -195,13 +195,28 @@ class VisualSearchService:
 
         return embed(embedder.encoder, images, progress=self.progress)
 
-    def _embed_catalog(self, embedder: EmbeddingService, rows: list[tuple[int, str]]) -> np.ndarray:
-        """Embed catalog images (``(id, content hash)`` pairs) from their stored files, in batches."""
-        out = []
+    def _embed_catalog(self, embedder: EmbeddingService, rows: list[tuple[int, str]], missing_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Embed catalog images (``(id, content hash)`` pairs) from their stored files, in batches.
+
+        Returns ``(ids, vectors)``. With ``missing_ok``, an image whose file is gone (deleted since
+        ``rows`` was read: a swap reads without the writer lock) is left out; otherwise it is an error.
+        """
+        out, kept = [], []
         for start in tqdm(range(0, len(rows), 4096), desc=f"re-embedding {len(rows):,} images with {embedder.model_version}",
                           disable=not self.progress or len(rows) < 4096):
-            out.append(embedder.embed_pixels([self.blobs.pixels(h) for _, h in rows[start : start + 4096]]))
-        return np.concatenate(out) if out else np.empty((0, embedder.dim), np.float32)
+            pixels = []
+            for image_id, digest in rows[start : start + 4096]:
+                try:
+                    pixels.append(self.blobs.pixels(digest))
+                except NotFoundError:
+                    if not missing_ok:
+                        raise ServiceError(f"image {image_id}: its file {self.blobs.path(digest)} is missing; the data dir is damaged") from None
+                    continue
+                kept.append(image_id)
+            if pixels:
+                out.append(embedder.embed_pixels(pixels))
+        vectors = np.concatenate(out) if out else np.empty((0, embedder.dim), np.float32)
+        return np.array(kept, dtype=np.int64), vectors
 
     def _open_index(self, embedder: EmbeddingService) -> tuple[Any, dict[str, Any]]:
         """Load the saved index (or build one from the catalog) and reconcile it with the catalog."""
@@ -209,7 +224,7 @@ class VisualSearchService:
         report: dict[str, Any] = {"re_embedded": 0}
         stale = self.catalog.rows_not_from(mv)
         if stale:  # a new checkpoint since the last run: these vectors are another model's
-            self.catalog.set_embeddings([i for i, _ in stale], self._embed_catalog(embedder, stale), mv)
+            self.catalog.set_embeddings(*self._embed_catalog(embedder, stale), mv)
             report["re_embedded"] = len(stale)
         ids, vectors, _ = self.catalog.embeddings()
         if not len(ids):
@@ -436,9 +451,7 @@ class VisualSearchService:
     def _swap(self, new: EmbeddingService) -> None:
         old = self._active
         mv = new.model_version
-        rows = self.catalog.hashes()
-        ids = np.array([i for i, _ in rows], dtype=np.int64)
-        vectors = self._embed_catalog(new, rows)
+        ids, vectors = self._embed_catalog(new, self.catalog.hashes(), missing_ok=True)  # deletes go on meanwhile
         index = self._build(vectors, ids, mv)  # the slow part, while the old index answers
         with self._writer:  # catch up with the writes made meanwhile, then commit
             now = self.catalog.hashes()
@@ -451,8 +464,7 @@ class VisualSearchService:
             known = set(ids.tolist())
             late = [(i, h) for i, h in now if i not in known]
             if late:
-                late_vecs = self._embed_catalog(new, late)
-                late_ids = np.array([i for i, _ in late], dtype=np.int64)
+                late_ids, late_vecs = self._embed_catalog(new, late)  # under the writer lock: no file can vanish now
                 index.add(late_vecs, late_ids, model_version=mv)
                 ids, vectors = np.concatenate([ids, late_ids]), np.concatenate([vectors, late_vecs])
             index.save(self._index_path(mv))

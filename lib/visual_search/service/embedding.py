@@ -17,7 +17,7 @@ import torch
 from visual_search.embed import embed
 from visual_search.errors import ImageError, ServiceError
 from visual_search.models import Encoder, ModelError
-from visual_search.preprocess import DEFAULT_MAX_PIXELS, crop, load_image
+from visual_search.preprocess import DEFAULT_MAX_PIXELS, crop, load_image, preprocess_batch
 
 #: Uploads are decoded with a smaller pixel limit than files on disk: a server must not
 #: let one request decode a 40-megapixel image (about 40 MB of grayscale, and the time).
@@ -98,7 +98,13 @@ class EmbeddingService:
         by the encoder's own preprocessing.
         """
         if isinstance(pixels, np.ndarray) and pixels.ndim == 2:
-            return embed(self.encoder, pixels[None], progress=False)[0]
+            # The per-request path, without embed()'s batching, progress bar and mode bookkeeping (about 0.4 ms
+            # of a 0.9 ms call for the committed CNN): the service keeps its encoder in eval mode for good.
+            # tests/test_service.py checks that it gives what embed() gives.
+            enc = self.encoder
+            x = preprocess_batch(pixels[None], size=enc.image_size, mean=enc.mean, std=enc.std, channels=enc.in_channels)
+            with torch.inference_mode():
+                return enc(x)[0].float().numpy()
         images = list(pixels)
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}

@@ -53,7 +53,7 @@ EXACT_SPEC = IndexSpec("exact")
 #: measured fastest at one-query p50 latency with recall@10 >= 0.95 on one thread, among the kinds
 #: that support ``remove`` (uploads and deletes must be visible at once, so a static structure that
 #: rebuilds on every write is out). ``tests/test_service.py`` checks it against results/bench_serve.json.
-DEFAULT_SPEC = IndexSpec("faiss", {"factory": "IVF256,Flat"}, {"nprobe": 8}, min_train=10_000)
+DEFAULT_SPEC = IndexSpec("faiss", {"factory": "IVF256,Flat"}, {"nprobe": 4}, min_train=10_000)
 
 
 def overfetch(k: int, n: int) -> int:

@@ -103,14 +103,15 @@ class CollapseNearDuplicates:
             return candidates
         vecs = np.stack([candidates[i].record.embedding for i in with_vec])
         vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        sims = vecs @ vecs.T
-        drop: set[int] = set()
-        kept: list[int] = []
-        for row, i in enumerate(with_vec):
-            if any(sims[row, j] > self.threshold for j in kept):
-                drop.add(i)
-            else:
-                kept.append(row)
+        close = np.triu(vecs @ vecs.T > self.threshold, k=1)  # close[a, b]: b (ranked after a) is within the threshold of a
+        better = {}  # for each candidate, the better-ranked candidates it is close to (usually none)
+        for a, b in zip(*np.nonzero(close)):
+            better.setdefault(int(b), []).append(int(a))
+        dropped = set()
+        for b in sorted(better):  # in rank order, so we know whether each better-ranked one was kept
+            if any(a not in dropped for a in better[b]):
+                dropped.add(b)
+        drop = {with_vec[row] for row in dropped}
         return [c for i, c in enumerate(candidates) if i not in drop]
 
 
