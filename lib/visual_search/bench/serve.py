@@ -79,6 +79,7 @@ from matplotlib.ticker import FuncFormatter
 
 from visual_search import config
 from visual_search.bench._common import machine, relative, write_result
+from visual_search.errors import ServiceError
 from visual_search.timing import limit_threads
 from visual_search.viz import save_figure
 
@@ -244,10 +245,10 @@ class Server:
         with client(self.url, timeout=5.0) as c:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with status {self.proc.returncode} while starting; see {self.log_path}")
+                    raise ServiceError(f"the server exited with status {self.proc.returncode} while starting; see {self.log_path}")
                 if time.perf_counter() > deadline:
                     self.stop()
-                    raise TimeoutError(f"the server did not answer /health within {timeout_s:.0f} s; see {self.log_path}")
+                    raise ServiceError(f"the server did not answer /health within {timeout_s:.0f} s; see {self.log_path}")
                 status, body, _ = _request(c, "GET", "/health")
                 if status == 200:
                     break
@@ -472,7 +473,7 @@ def variant_checkpoint(encoder, models_dir: Path) -> tuple[Path, str]:
     variant.config = {**encoder.config, "retrieval_layer": other}
     path = save_encoder(variant, Path(models_dir) / f"committed-{other}.ckpt", extra={"made_by": "bench serve", "retrieval_layer": other})
     if variant.version == encoder.version:
-        raise RuntimeError("the variant checkpoint has the same model version as the committed one")
+        raise ServiceError("the variant checkpoint has the same model version as the committed one")
     return Path(path), variant.version
 
 
