@@ -52,6 +52,7 @@ def other_model():
     """The committed encoder read from its other layer: a real second model version (other embeddings, other dim)."""
     encoder = load_pretrained()
     encoder.retrieval_layer = "embedding" if encoder.retrieval_layer == "pooled" else "pooled"
+    encoder.config = {**encoder.config, "retrieval_layer": encoder.retrieval_layer}  # so a saved copy loads as this model
     return encoder
 
 
@@ -473,19 +474,20 @@ def test_sigterm_saves_the_index_so_the_next_start_has_nothing_to_reconcile(data
 def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(service, sample):
     old = service.model_version
     second = other_model()
-    failures, versions, uploaded = [], [], []
+    failures, uploaded = [], []
+    versions: list[list[str]] = [[], []]  # each thread's own, in the order its searches ran
     stop = threading.Event()
 
-    def searcher() -> None:
+    def searcher(mine: list[str]) -> None:
         i = 0
         while not stop.is_set() and i < 2000:
             try:
-                versions.append(service.search(sample.query_images[i % 500], k=10).model_version)
+                mine.append(service.search(sample.query_images[i % 500], k=10).model_version)
             except Exception as err:  # any failure counts
                 failures.append(repr(err))
             i += 1
 
-    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    threads = [threading.Thread(target=searcher, args=(v,)) for v in versions]
     for t in threads:
         t.start()
     service.swap_model(second)
@@ -505,8 +507,9 @@ def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(
     for t in threads:
         t.join(30)
     assert not failures and service.swap_error is None
-    assert service.model_version == second.version != old and versions[0] == old and versions[-1] == second.version
-    assert versions == sorted(versions, key=lambda v: v == second.version)  # switched over once, never back
+    assert service.model_version == second.version != old
+    for mine in versions:  # each thread saw the old model, then the new one, and never went back
+        assert mine[0] == old and mine[-1] == second.version and mine == sorted(mine, key=lambda v: v == second.version)
     assert i > 0, "the swap finished before any write could race it"
     assert set(service.index.ids.tolist()) == set(service.catalog.ids().tolist()) and set(uploaded) <= set(service.index.ids.tolist())
     assert 1000 not in service.index.ids
@@ -618,6 +621,7 @@ GOOD = np.zeros((28, 28), np.uint8)
         ("post", "/clicks", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
         ("patch", "/images/1", {"content": b"private=1", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
         ("post", "/admin/model", {"json": {"checkpoint": "/etc/passwd"}}, 422, "must be inside"),
+        ("post", "/admin/model", {"json": {"checkpoint": "a\u0000b"}}, 422, "not a usable path"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_detail_and_the_server_keeps_serving(client, method, url, kwargs, status, detail):
@@ -636,11 +640,79 @@ def test_a_checkpoint_that_is_not_a_checkpoint_is_refused(client, service):
     assert not service.swapping
 
 
-def test_every_library_error_maps_to_a_4xx():
-    """The app registers handlers for the whole family, so a new subclass can never become a 500."""
-    from visual_search.service import app as app_module
+def test_every_library_error_maps_to_a_4xx(service):
+    """The app maps the whole family, so a new subclass raised anywhere under a route can never become a 500."""
 
-    assert issubclass(ServiceError, VisualSearchError) and "VisualSearchError, 422" in Path(app_module.__file__).read_text()
+    class BrandNewError(VisualSearchError):
+        pass
+
+    app = create_app(service)
+
+    @app.get("/boom")
+    def boom():
+        raise BrandNewError("boom: a new kind of bad input")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    assert r.status_code == 422 and r.json() == {"detail": "boom: a new kind of bad input"}
+
+
+def test_random_never_offers_a_private_or_blocked_image(client, service, sample):
+    private = service.upload(sample.query_images[0], owner="ann", private=True)
+    for image_id in range(0, 2000, 2):  # half the gallery blocked
+        service.catalog.set_flags(image_id, blocked=True)
+    seen = {client.get("/random").json()["id"] for _ in range(60)}
+    assert seen and all(i % 2 == 1 and i != private for i in seen)
+
+
+def test_blocked_images_are_hidden_from_everyone_and_patch_does_not_reveal_owners(client, service, sample):
+    image_id = service.upload(sample.query_images[2], owner="ann")
+    body = client.patch(f"/images/{image_id}", json={"blocked": True}).json()
+    assert body == {"id": image_id, "private": False, "blocked": True}
+    assert client.get(f"/images/{image_id}", params={"user": "ann"}).status_code == 404
+
+
+def test_a_large_upload_is_stored_small_and_still_recognised_as_the_query(service, sample):
+    from visual_search.service.blobs import MAX_STORED_SIDE
+
+    big = np.asarray(Image.fromarray(sample.query_images[4]).resize((1000, 600)))
+    image_id = service.upload(png(big))
+    stored = service.blobs.pixels(service.catalog.get(image_id).content_hash)
+    assert max(stored.shape) == MAX_STORED_SIDE and stored.shape == (154, 256)
+    r = service.search(png(big), k=20)
+    assert image_id not in [x.id for x in r.results] and r.dropped["query_duplicate"] == 1
+
+
+def test_fetching_deeper_stops_at_max_fetch(service, sample, monkeypatch):
+    from visual_search.service import core
+
+    monkeypatch.setattr(core, "MAX_FETCH", 100)
+    for image_id in range(2000):
+        service.catalog.set_flags(image_id, blocked=True)  # nothing can be shown
+    r = service.search(sample.query_images[0], k=10)
+    assert r.results == [] and r.fetched == 100 and r.dropped["blocked"] == 100
+
+
+def test_an_interrupted_first_start_fills_the_gallery_on_the_next(tmp_path, encoder):
+    Catalog(tmp_path / "data" / "catalog.sqlite3").close()  # the file exists, empty: a first start killed while embedding
+    svc = VisualSearchService(tmp_path / "data", encoder, gallery=lambda: load_gallery("sample"), progress=False)
+    assert svc.startup["gallery_added"] == 2000 and len(svc.index) == 2000
+    svc.close()
+
+
+def test_a_restart_keeps_the_model_a_swap_installed(data_dir, encoder, tmp_path):
+    from visual_search.models import save_encoder
+    from visual_search.service.__main__ import _last_checkpoint
+
+    path = save_encoder(other_model(), tmp_path / "other.pt")
+    svc = VisualSearchService(data_dir, encoder, progress=False)
+    svc.swap_model(load_pretrained(), background=False, source=None)  # same model: no source recorded
+    assert _last_checkpoint(data_dir) is None
+    from visual_search.models import load_encoder
+
+    svc.swap_model(load_encoder(path)[0], background=False, source=str(path))
+    svc.close()
+    assert _last_checkpoint(data_dir) == path
 
 
 # ----------------------------------------------------------- a real uvicorn server

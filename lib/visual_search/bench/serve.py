@@ -119,12 +119,12 @@ def sizes(fast: bool) -> dict:
                 "clients": 8, "searches_per_client": 25, "search_deadline_s": 60, "single_client_searches": 20,
                 "mixed_searchers": 2, "mixed_search_cap": 300, "uploaders": 2, "uploads_per_uploader": 10, "post_swap_searches": 10,
                 "mixed_deadline_s": 90, "crash_uploaders": 4, "crash_uploads_cap": 50, "crash_kill_after": 25, "crash_deadline_s": 30,
-                "first_start_timeout_s": 180, "start_timeout_s": 120}
+                "first_start_timeout_s": 180, "start_timeout_s": 120, "request_threads": (os.cpu_count() or 1, 40), "pool_searches_per_client": 5}
     return {"gallery": "full", "index_queries": 1000, "nlists": (256, 1024), "nprobes": (1, 2, 4, 8, 16, 32), "latency_repeats": 2,
             "clients": 8, "searches_per_client": 1000, "search_deadline_s": 600, "single_client_searches": 500,
             "mixed_searchers": 4, "mixed_search_cap": 5000, "uploaders": 2, "uploads_per_uploader": 100, "post_swap_searches": 100,
             "mixed_deadline_s": 600, "crash_uploaders": 4, "crash_uploads_cap": 150, "crash_kill_after": 200, "crash_deadline_s": 60,
-            "first_start_timeout_s": 1800, "start_timeout_s": 600}
+            "first_start_timeout_s": 1800, "start_timeout_s": 600, "request_threads": (os.cpu_count() or 1, 8, 40), "pool_searches_per_client": 200}
 
 
 # ------------------------------------------------------------------ helpers
@@ -228,8 +228,9 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout_s: float) -> dict:
-        """Start the server and wait for /health; returns whether it was a first build, seconds, its start-up report."""
+    def start(self, timeout_s: float, extra: list[str] | None = None) -> dict:
+        """Start the server (``extra``: more CLI arguments) and wait for /health; returns whether it was a first
+        build, seconds, its start-up report."""
         self.stop()
         first_build = not (self.data_dir / "catalog.sqlite3").exists()
         self.port = free_port()
@@ -237,7 +238,7 @@ class Server:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "visual_search.service", "serve", "--host", HOST, "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--gallery", self.gallery, "--log-level", "warning"]
+               "--data-dir", str(self.data_dir), "--gallery", self.gallery, "--log-level", "warning", *(extra or [])]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=config.REPO_ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -458,6 +459,25 @@ def search_load(server: Server, queries: list[tuple[bytes, str | None]], clients
     out.update(server_stats_after=stats, server_rss_mb={"before": rss_before, "after": server.rss_mb()}, single_client=alone,
                _latencies=[round(r["ms"], 3) for r in recs if r["status"] == 200])  # for the figures; dropped from the JSON
     return out
+
+
+def thread_pools(server: Server, queries: list[tuple[bytes, str | None]], size: dict) -> dict:
+    """The same 8-client load against servers started with each ``--request-threads`` in ``size``, side by side.
+
+    Requests are CPU-bound Python: threads beyond the core count only take turns on the GIL. This is the
+    measurement behind the CLI's default (the core count). Leaves the server running with its defaults.
+    """
+    rows = []
+    for threads in size["request_threads"]:
+        server.start(size["start_timeout_s"], extra=["--request-threads", str(threads)])
+        recs, wall = closed_loop(server.url, queries, size["clients"], size["pool_searches_per_client"], size["search_deadline_s"])
+        summary = _load_summary(recs, wall, size["clients"], size["pool_searches_per_client"])
+        rows.append({"request_threads": threads, "default": threads == (os.cpu_count() or 1), "requests": summary["requests"],
+                     "errors": summary["errors"], "qps": summary["qps"], "latency_ms": summary["latency_ms"]})
+        print(f"  --request-threads {threads:<3d} {summary['qps']:7.1f} QPS, p50 {summary['latency_ms']['p50']:.1f} ms, "
+              f"p99 {summary['latency_ms']['p99']:.1f} ms, {summary['errors']} errors", flush=True)
+    server.start(size["start_timeout_s"])
+    return {"clients": size["clients"], "searches_per_client": size["pool_searches_per_client"], "rows": rows}
 
 
 # -------------------------------------------------------- 3. mixed load
@@ -1059,6 +1079,8 @@ def run(seed: int = 0) -> dict:
               f"{size['clients']} clients x {size['searches_per_client']} searches", flush=True)
         load = search_load(server, queries, size["clients"], size["searches_per_client"], size["search_deadline_s"], size["single_client_searches"])
         load["starts"] = {"first": first, "second": second}
+        print("[2/5] the same load with other request thread pools, side by side", flush=True)
+        load["thread_pools"] = thread_pools(server, queries, size)
         print("[5/5] hostile uploads (before the mixed load changes the model)", flush=True)
         hostile = hostile_uploads(server, queries[0][0], seed=seed)
         print("[3/5] mixed load: searches + uploads + deletes + one model swap", flush=True)

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-dir", type=Path, required=True, help="catalog, image files and index live here")
     serve.add_argument("--gallery", choices=("full", "sample"), default="full",
                        help="images for a new data dir: all 70,000 Fashion-MNIST images, or the committed 2,000-image sample")
-    serve.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH, help="the encoder (default: the committed SimCLR CNN)")
+    serve.add_argument("--checkpoint", type=Path, default=None,
+                       help="the encoder (default: the one the data dir last swapped to, else the committed SimCLR CNN)")
     serve.add_argument("--threads", type=int, default=1, help="torch threads per request (default 1: requests run in parallel instead)")
     serve.add_argument("--request-threads", type=int, default=os.cpu_count() or 1,
                        help="requests handled at once (default: the core count). Requests are CPU-bound Python, so more "
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     faiss.omp_set_num_threads(max(1, args.threads))
     threadpool_limits(max(1, args.threads))
-    encoder, _ = load_encoder(args.checkpoint)
-    service = VisualSearchService(args.data_dir, encoder, gallery=load_gallery(args.gallery) if _is_new(args.data_dir) else None)
+    encoder, _ = load_encoder(args.checkpoint or _last_checkpoint(args.data_dir) or CHECKPOINT_PATH)
+    service = VisualSearchService(args.data_dir, encoder, gallery=lambda: load_gallery(args.gallery))  # loaded only for an empty catalog
     print(f"visual search: {len(service.index):,} images, model {service.model_version}, index {service.stats()['index']}; "
           f"start-up {service.startup}", flush=True)
     app = create_app(service, max_upload_bytes=int(args.max_upload_mb * 2**20), request_threads=args.request_threads, close_on_shutdown=True)
@@ -62,8 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _is_new(data_dir: Path) -> bool:
-    return not (data_dir / "catalog.sqlite3").exists()
+def _last_checkpoint(data_dir: Path) -> Path | None:
+    """The checkpoint the data dir last swapped to (``POST /admin/model``), if it is still there.
+
+    Without this, a restart would go back to the default model and re-embed the whole gallery with it.
+    """
+    if not (data_dir / "catalog.sqlite3").exists():
+        return None
+    from visual_search.service.catalog import Catalog
+
+    catalog = Catalog(data_dir / "catalog.sqlite3")
+    try:
+        source = catalog.get_meta("checkpoint")
+    finally:
+        catalog.close()
+    return Path(source) if source and Path(source).is_file() else None
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def create_app(
     def patch_image(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], flags: Flags) -> dict[str, Any]:
         """Set ``private`` and/or ``blocked``; the next search applies it."""
         r = service.set_flags(image_id, private=flags.private, blocked=flags.blocked)
-        return {"id": r.id, "owner": r.owner, "private": r.private, "blocked": r.blocked}
+        return {"id": r.id, "private": r.private, "blocked": r.blocked}  # not the owner: that is nobody else's business
 
     @app.delete("/images/{image_id}", status_code=204)
     def delete_image(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)]) -> Response:
@@ -272,11 +272,20 @@ def create_app(
     @app.post("/admin/model", status_code=202)
     def swap_model(body: ModelSwap) -> dict[str, Any]:
         """Start re-embedding the gallery with another checkpoint; ``/stats`` shows ``swapping``."""
-        path = Path(body.checkpoint).resolve()
+        if service.swapping:
+            raise ServiceError("a model swap is already running; wait for it to finish (GET /stats shows 'swapping')")
+        try:
+            path = Path(body.checkpoint).resolve()
+        except (ValueError, OSError) as err:  # an embedded NUL byte, a loop of links
+            raise ServiceError(f"checkpoint {body.checkpoint!r}: not a usable path ({err})") from None
         if not any(path.is_relative_to(d) for d in allowed):
             raise ServiceError(f"checkpoint {body.checkpoint!r}: must be inside one of {[str(d) for d in allowed]}")
-        encoder, _ = load_encoder(path)
-        service.swap_model(encoder)
-        return {"status": "swapping", "from": service.model_version, "to": encoder.version}
+        try:
+            encoder, _ = load_encoder(path)
+        except OSError as err:  # e.g. a file it may not read; load_encoder's own checks raise ModelError
+            raise ServiceError(f"checkpoint {body.checkpoint!r}: cannot be read ({err.strerror or err})") from None
+        old = service.model_version
+        service.swap_model(encoder, source=str(path))
+        return {"status": "swapping", "from": old, "to": encoder.version}
 
     return app

@@ -21,6 +21,25 @@ from PIL import Image
 from visual_search.errors import NotFoundError
 from visual_search.service.catalog import content_hash
 
+#: Uploads are stored (and indexed) at most this many pixels a side: the encoder sees 28 x 28, the page
+#: shows thumbnails, and a re-embedding job reads thousands of files at once, so a 25-megapixel original
+#: would cost memory and time for nothing.
+MAX_STORED_SIDE = 256
+
+
+def stored_form(pixels: np.ndarray, max_side: int = MAX_STORED_SIDE) -> np.ndarray:
+    """``pixels`` shrunk (aspect kept, Pillow's deterministic Lanczos) so neither side exceeds ``max_side``.
+
+    Deterministic, so the same upload always gives the same stored pixels and content hash:
+    that is how a query recognises an image the gallery holds (``query_duplicate``).
+    """
+    height, width = pixels.shape[:2]
+    if max(height, width) <= max_side:
+        return pixels
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+
 
 class BlobStore:
     """Image files by content hash, under ``root``."""
@@ -35,17 +54,32 @@ class BlobStore:
             raise NotFoundError(f"content hash {digest!r}: not a SHA-256 hex digest")
         return self.root / digest[:2] / f"{digest}.png"
 
-    def put(self, pixels: np.ndarray) -> str:
-        """Store uint8 ``[H, W]`` pixels (if not already there); returns their content hash."""
+    def put(self, pixels: np.ndarray, durable: bool = False) -> str:
+        """Store uint8 ``[H, W]`` pixels (if not already there); returns their content hash.
+
+        Args:
+            pixels: what to store (see ``stored_form``).
+            durable: fsync the file and its folder before returning, so an acknowledged upload survives
+                a power cut too, not only a process crash (the bulk gallery build skips it: it can be redone).
+        """
         digest = content_hash(pixels)
         path = self.path(digest)
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:  # an empty file is a write that never finished: redo it
             path.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
                     Image.fromarray(pixels).save(f, format="PNG")
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())
                 os.replace(tmp, path)
+                if durable:
+                    folder = os.open(path.parent, os.O_RDONLY)
+                    try:
+                        os.fsync(folder)
+                    finally:
+                        os.close(folder)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

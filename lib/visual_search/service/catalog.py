@@ -173,6 +173,15 @@ class Catalog:
             conn.execute("BEGIN IMMEDIATE")
             return conn.execute(sql, args)
 
+    def close_thread(self) -> None:
+        """Close the calling thread's connection (a background job's, when it ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            with self._all_lock:
+                self._all.remove(conn)
+            conn.close()
+            self._local.conn = None
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._all_lock:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from visual_search._checks import check_int
 from visual_search.errors import NotFoundError, ServiceError, VectorIndexError
 from visual_search.index import load_index
 from visual_search.models import Encoder
-from visual_search.service.blobs import BlobStore
+from visual_search.service.blobs import BlobStore, stored_form
 from visual_search.service.catalog import Catalog, ImageRecord, NewImage, content_hash
 from visual_search.service.embedding import EmbeddingService
 from visual_search.service.neighbours import DEFAULT_SPEC, EXACT_SPEC, IndexSpec, NeighbourService, overfetch
@@ -48,6 +48,9 @@ from visual_search.service.rerank import Candidate, QueryContext, Rule, default_
 log = logging.getLogger("visual_search.service")
 
 MAX_K = 100
+#: The deepest a search fetches when the rules keep dropping candidates: a page of images that are all
+#: private or near-copies of each other gets fewer than k results rather than an n x n similarity matrix.
+MAX_FETCH = 2_000
 #: Owner and user names: at most this many characters.
 MAX_NAME = 200
 #: How many recent search latencies ``stats`` summarises.
@@ -124,7 +127,8 @@ class VisualSearchService:
     Args:
         data_dir: holds ``catalog.sqlite3``, ``images/`` (the blob store) and ``index/``.
         encoder: the embedding model.
-        gallery: images for a new, empty catalog (ignored when the catalog has images).
+        gallery: images for an empty catalog, or a function that loads them (called only then);
+            ignored when the catalog has images.
         spec: which index to build (see ``neighbours.DEFAULT_SPEC``).
         rules: the re-ranking chain (default ``rerank.default_rules()``).
         progress: show progress bars while building.
@@ -134,7 +138,7 @@ class VisualSearchService:
         self,
         data_dir: str | Path,
         encoder: Encoder,
-        gallery: Gallery | None = None,
+        gallery: Gallery | Callable[[], Gallery] | None = None,
         spec: IndexSpec = DEFAULT_SPEC,
         rules: Sequence[Rule] | None = None,
         progress: bool = True,
@@ -160,8 +164,8 @@ class VisualSearchService:
         embedder = EmbeddingService(encoder)
         self.startup: dict[str, Any] = {}
         t0 = time.perf_counter()
-        if gallery is not None and not len(self.catalog.ids()):
-            self.startup["gallery_added"] = self._add_gallery(embedder, gallery)
+        if gallery is not None and not len(self.catalog.ids()):  # an empty catalog, also after an interrupted first start
+            self.startup["gallery_added"] = self._add_gallery(embedder, gallery() if callable(gallery) else gallery)
         index, report = self._open_index(embedder)
         self.startup.update(report)
         self.startup["seconds"] = round(time.perf_counter() - t0, 3)
@@ -297,7 +301,8 @@ class VisualSearchService:
         pixels = active.embedder.decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
         region = active.embedder.crop(pixels, box)
         vector = active.embedder.embed_pixels(region)
-        context = QueryContext(k=k, user=user, query_hashes=frozenset({content_hash(pixels), content_hash(region)}))
+        hashes = {content_hash(pixels), content_hash(stored_form(pixels)), content_hash(region)}  # as sent, as stored, as cropped
+        context = QueryContext(k=k, user=user, query_hashes=frozenset(hashes))
         t1 = time.perf_counter()
         n = len(active.neighbours)
         fetch = overfetch(k, n)
@@ -312,9 +317,10 @@ class VisualSearchService:
             s2 = time.perf_counter()
             search_s += s1 - s0
             rerank_s += s2 - s1
-            if len(kept) >= k or fetch >= n:
+            if len(kept) >= k or fetch >= min(n, MAX_FETCH):
                 break
-            fetch = min(n, fetch * 4)  # the rules dropped too many: fetch deeper
+            fetch = min(n, MAX_FETCH, fetch * 4)  # the rules dropped too many: fetch deeper, but never without bound
+        kept = [c for c in kept if c.record is not None]  # whatever the rules: a result needs a catalog row
         query_id = uuid.uuid4().hex
         self.catalog.log_query(query_id, user, active.embedder.model_version, [c.id for c in kept])
         total = time.perf_counter() - t0
@@ -328,10 +334,11 @@ class VisualSearchService:
         """The record of an image ``user`` may see.
 
         Raises:
-            NotFoundError: unknown or deleted, or private or blocked and ``user`` is not its owner.
+            NotFoundError: unknown or deleted, blocked (moderation hides it from everyone), or private
+                and ``user`` is not its owner.
         """
         record = self.catalog.get(image_id)
-        if record is None or not (record.visible_to(user) or (user is not None and record.owner == user)):
+        if record is None or not record.visible_to(user):
             raise NotFoundError(f"image {image_id}: no such image")
         return record
 
@@ -371,12 +378,13 @@ class VisualSearchService:
             raise ServiceError("private: a private image needs an owner (nobody else could ever see it)")
         active = self._active
         pixels = active.embedder.decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
+        pixels = stored_form(pixels)  # what is stored is what is embedded, now and by any later re-embedding
         vector = active.embedder.embed_pixels(pixels)
         with self._writer:
             if self._active is not active:  # a swap landed while we embedded: use the new model
                 active = self._active
                 vector = active.embedder.embed_pixels(pixels)
-            digest = self.blobs.put(pixels)
+            digest = self.blobs.put(pixels, durable=True)
             (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, "upload", owner, bool(private))])
             active.neighbours.index.add(vector[None], np.array([image_id]), model_version=active.embedder.model_version)
         return image_id
@@ -413,11 +421,17 @@ class VisualSearchService:
     def swapping(self) -> bool:
         return self._swap_thread is not None and self._swap_thread.is_alive()
 
-    def swap_model(self, encoder: Encoder, background: bool = True) -> threading.Thread | None:
+    def swap_model(self, encoder: Encoder, background: bool = True, source: str | None = None) -> threading.Thread | None:
         """Re-embed the whole gallery with ``encoder`` into a new index, then swap it in atomically.
 
         The old encoder and index keep answering until the swap; uploads and deletes
         made meanwhile are carried over. No search ever sees a half-built index.
+
+        Args:
+            encoder: the new model.
+            background: run in a thread (the service keeps answering) or here.
+            source: where the encoder came from (a checkpoint path), recorded in the catalog's ``meta``
+                with the swap, so that the CLI restarts with the model that is serving.
 
         Returns:
             The background thread (``background=True``), or None after a synchronous swap.
@@ -432,11 +446,13 @@ class VisualSearchService:
 
         def job() -> None:
             try:
-                self._swap(new)
+                self._swap(new, source)
             except Exception as err:  # reported by /stats; the old model keeps serving
                 log.exception("model swap failed")
                 self.swap_error = f"{type(err).__name__}: {err}"
             finally:
+                if background:
+                    self.catalog.close_thread()
                 self._swap_lock.release()
 
         if not background:
@@ -448,7 +464,7 @@ class VisualSearchService:
         self._swap_thread.start()
         return self._swap_thread
 
-    def _swap(self, new: EmbeddingService) -> None:
+    def _swap(self, new: EmbeddingService, source: str | None = None) -> None:
         old = self._active
         mv = new.model_version
         ids, vectors = self._embed_catalog(new, self.catalog.hashes(), missing_ok=True)  # deletes go on meanwhile
@@ -470,6 +486,8 @@ class VisualSearchService:
             index.save(self._index_path(mv))
             self.catalog.set_embeddings(ids, vectors, mv)  # one transaction
             self.catalog.set_meta("model_version", mv)
+            if source is not None:
+                self.catalog.set_meta("checkpoint", source)
             self._active = _Active(new, NeighbourService(index, self._search_params(index), self._label(index)))  # the swap
         if old.embedder.model_version != mv:
             self._index_path(old.embedder.model_version).unlink(missing_ok=True)

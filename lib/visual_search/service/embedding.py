@@ -19,9 +19,9 @@ from visual_search.errors import ImageError, ServiceError
 from visual_search.models import Encoder, ModelError
 from visual_search.preprocess import DEFAULT_MAX_PIXELS, crop, load_image, preprocess_batch
 
-#: Uploads are decoded with a smaller pixel limit than files on disk: a server must not
+#: Uploads are decoded with a smaller pixel limit than files on disk (16 MP: a phone photo passes): a server must not
 #: let one request decode a 40-megapixel image (about 40 MB of grayscale, and the time).
-MAX_UPLOAD_PIXELS = min(DEFAULT_MAX_PIXELS, 25_000_000)
+MAX_UPLOAD_PIXELS = min(DEFAULT_MAX_PIXELS, 16_000_000)
 
 
 def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
