@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=1, help="torch threads per request (default 1: requests run in parallel instead)")
     serve.add_argument("--request-threads", type=int, default=os.cpu_count() or 1,
                        help="requests handled at once (default: the core count). Requests are CPU-bound Python, so more "
-                            "threads only take turns on the GIL: 8 clients on 2 cores got more QPS and a lower p99 with 2 than with 8 or AnyIO's 40")
+                            "threads only take turns on the GIL: 8 clients on 2 cores got the same QPS and a shorter p99 with 2 than with 8 or AnyIO's 40 "
+                            "(python -m visual_search.bench serve, thread_pools)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="uploads above this get 413")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     args = parser.parse_args(argv)
