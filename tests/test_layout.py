@@ -34,6 +34,7 @@ LAYERS = [
     {"index"},
     {"evalset"},
     {"service"},
+    {"online"},
     {"notebook_runner"},
     {"bench"},
 ]

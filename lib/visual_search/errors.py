@@ -66,6 +66,10 @@ class PayloadTooLargeError(ServiceError):
     """An upload above the service's size limit, refused before it is read in full (HTTP 413)."""
 
 
+class OnlineError(VisualSearchError):
+    """Bad input to online evaluation: counts, rates, variants, rankings, click-model parameters or log rows."""
+
+
 __all__ = [
     "VisualSearchError",
     "DataError",
@@ -79,4 +83,5 @@ __all__ = [
     "ServiceError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "OnlineError",
 ]
