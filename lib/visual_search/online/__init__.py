@@ -1,0 +1,41 @@
+"""Online evaluation (chapter 08): what users do with what the service shows them.
+
+    assignment     assign(user_id, experiment): deterministic variants by hashing the id with a salt
+    ab             two_proportion_test, sample_size, srm_test; per-user CTR; A/A and peeking simulations
+    interleaving   team_draft_interleave, interleaving_winner, credits, the sign test over many queries
+    users          click models with known truth (position-based, cascade) and simulated users who
+                   search the real service and post their clicks through it
+    logs           CTR, clicks per query, click rate, MRR of the first click, read from the service's logs
+
+The statistics are written by hand, because they are the lesson, and tested against
+statsmodels and scipy; the simulated users drive the real service, so every logged
+row is genuine service output.
+"""
+
+from visual_search.errors import OnlineError
+from visual_search.online.ab import (
+    aggregate_ctr,
+    compare_ctr,
+    sample_size,
+    simulate_aa_tests,
+    simulate_peeking,
+    srm_test,
+    two_proportion_test,
+)
+from visual_search.online.assignment import assign, bucket
+from visual_search.online.interleaving import (
+    aggregate_interleaving,
+    interleaving_credits,
+    interleaving_winner,
+    sign_test_p_value,
+    team_draft_interleave,
+)
+from visual_search.online.logs import log_metrics, read_impressions
+from visual_search.online.users import CascadeModel, PositionBasedModel, run_simulated_users, simulate_clicks
+
+__all__ = [
+    "CascadeModel", "OnlineError", "PositionBasedModel", "aggregate_ctr", "aggregate_interleaving", "assign", "bucket",
+    "compare_ctr", "interleaving_credits", "interleaving_winner", "log_metrics", "read_impressions", "run_simulated_users",
+    "sample_size", "sign_test_p_value", "simulate_aa_tests", "simulate_clicks", "simulate_peeking", "srm_test",
+    "team_draft_interleave", "two_proportion_test",
+]
