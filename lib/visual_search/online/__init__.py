@@ -6,6 +6,7 @@
     users          click models with known truth (position-based, cascade) and simulated users who
                    search the real service and post their clicks through it
     logs           CTR, clicks per query, click rate, MRR of the first click, read from the service's logs
+    position_bias  examination propensities from swap interventions or EM; inverse-propensity weights
 
 The statistics are written by hand, because they are the lesson, and tested against
 statsmodels and scipy; the simulated users drive the real service, so every logged
@@ -31,11 +32,12 @@ from visual_search.online.interleaving import (
     team_draft_interleave,
 )
 from visual_search.online.logs import log_metrics, read_impressions
+from visual_search.online.position_bias import estimate_theta_em, estimate_theta_swap, ips_weights, naive_theta
 from visual_search.online.users import CascadeModel, PositionBasedModel, run_simulated_users, simulate_clicks
 
 __all__ = [
     "CascadeModel", "OnlineError", "PositionBasedModel", "aggregate_ctr", "aggregate_interleaving", "assign", "bucket",
-    "compare_ctr", "interleaving_credits", "interleaving_winner", "log_metrics", "read_impressions", "run_simulated_users",
+    "compare_ctr", "estimate_theta_em", "estimate_theta_swap", "interleaving_credits", "ips_weights", "naive_theta", "interleaving_winner", "log_metrics", "read_impressions", "run_simulated_users",
     "sample_size", "sign_test_p_value", "simulate_aa_tests", "simulate_clicks", "simulate_peeking", "srm_test",
     "team_draft_interleave", "two_proportion_test",
 ]
