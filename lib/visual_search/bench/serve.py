@@ -56,7 +56,6 @@ else running: ``machine.load_average`` says how busy it was.
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import re
@@ -80,6 +79,7 @@ from matplotlib.ticker import FuncFormatter
 from visual_search import config
 from visual_search.bench._common import machine, relative, write_result
 from visual_search.errors import ServiceError
+from visual_search.service.blobs import png_bytes
 from visual_search.timing import limit_threads
 from visual_search.viz import save_figure
 
@@ -128,15 +128,6 @@ def sizes(fast: bool) -> dict:
 
 
 # ------------------------------------------------------------------ helpers
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """uint8 ``[H, W]`` as PNG file bytes (what a client uploads)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def near_copy(pixels: np.ndarray) -> np.ndarray:
     """The same picture with one corner pixel changed by one grey level: another content hash
     (so the query-duplicate rule keeps the original in the results), the same embedding to a

@@ -43,7 +43,6 @@ Errors: ``visual_search.errors.OnlineError``.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +52,7 @@ from visual_search._checks import check_int, check_real, check_seed
 from visual_search.data import SUPER_CATEGORY_OF_LABEL
 from visual_search.errors import OnlineError
 from visual_search.evalset import GRADE_OTHER, GRADE_SAME_CLASS, GRADE_SAME_SUPER_CATEGORY
+from visual_search.service.blobs import png_bytes
 
 MAX_GRADE = 5
 #: P(click | examined) for grades 0..5.
@@ -226,14 +226,6 @@ class SimulationSummary:
     impressions: list[dict] = field(default_factory=list)
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _ok(response, what: str):
     """The response if it succeeded; else OnlineError with the status and the service's detail."""
     if response.status_code >= 400:
@@ -334,7 +326,7 @@ def run_simulated_users(
                     query_id = response.query_id
                     shown = [r.id for r in response.results]
                 else:
-                    r = client.post("/search", files={"image": ("query.png", _png(query_images[q]), "image/png")},
+                    r = client.post("/search", files={"image": ("query.png", png_bytes(query_images[q]), "image/png")},
                                     data={"k": str(k), "user": user})
                     body = _ok(r, "POST /search").json()
                     query_id = body["query_id"]

@@ -11,6 +11,7 @@ re-embedding with a new model starts here, not from the original upload bytes.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,13 @@ from visual_search.service.catalog import content_hash
 #: shows thumbnails, and a re-embedding job reads thousands of files at once, so a 25-megapixel original
 #: would cost memory and time for nothing.
 MAX_STORED_SIDE = 256
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 ``[H, W]`` pixels as the bytes of a PNG file: what a client uploads, and what the store keeps."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def stored_form(pixels: np.ndarray, max_side: int = MAX_STORED_SIDE) -> np.ndarray:
@@ -69,7 +77,7 @@ class BlobStore:
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    Image.fromarray(pixels).save(f, format="PNG")
+                    f.write(png_bytes(pixels))
                     if durable:
                         f.flush()
                         os.fsync(f.fileno())

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from visual_search._checks import check_int
+from visual_search.embed import embed
 from visual_search.errors import NotFoundError, ServiceError, VectorIndexError
 from visual_search.index import load_index
 from visual_search.models import Encoder
@@ -169,15 +170,14 @@ class VisualSearchService:
         index, report = self._open_index(embedder)
         self.startup.update(report)
         self.startup["seconds"] = round(time.perf_counter() - t0, 3)
-        self._active = _Active(embedder, NeighbourService(index, self._search_params(index), self._label(index)))
+        self._active = _Active(embedder, self._neighbours(index))
         self.catalog.set_meta("model_version", embedder.model_version)
 
     # --------------------------------------------------------------- building
-    def _label(self, index) -> str:
-        return self.spec.label() if index.kind == self.spec.kind else EXACT_SPEC.label()
-
-    def _search_params(self, index) -> dict[str, Any]:
-        return self.spec.search if index.kind == self.spec.kind else {}
+    def _neighbours(self, index) -> NeighbourService:
+        """The nearest-neighbour service over ``index`` (the spec's kind, or the exact fallback for small galleries)."""
+        label = self.spec.label() if index.kind == self.spec.kind else EXACT_SPEC.label()
+        return NeighbourService(index, self.spec.search, label)  # it keeps only the knobs this index has
 
     def _index_path(self, model_version: str) -> Path:
         return self.data_dir / "index" / f"{model_version}.vsindex"
@@ -188,16 +188,11 @@ class VisualSearchService:
             raise ServiceError(f"gallery images: expected uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
         ids = np.arange(len(images)) if gallery.ids is None else np.asarray(gallery.ids)
         digests = [self.blobs.put(im) for im in tqdm(images, desc=f"storing {len(images):,} {gallery.name} images", disable=not self.progress)]
-        vectors = embedder.embed_pixels(images) if len(images) <= 20_000 else self._embed_batched(embedder, images)
+        vectors = embed(embedder.encoder, images, progress=self.progress)  # one size: the library's batched path
         self.catalog.add(NewImage(d, embedder.model_version, v, s, label=int(lab), id=int(i))
                          for d, v, s, lab, i in zip(digests, vectors, gallery.sources, gallery.labels, ids))
         self.catalog.set_meta("gallery", gallery.name)
         return len(images)
-
-    def _embed_batched(self, embedder: EmbeddingService, images: np.ndarray) -> np.ndarray:
-        from visual_search.embed import embed
-
-        return embed(embedder.encoder, images, progress=self.progress)
 
     def _embed_catalog(self, embedder: EmbeddingService, rows: list[tuple[int, str]], missing_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Embed catalog images (``(id, content hash)`` pairs) from their stored files, in batches.
@@ -245,7 +240,7 @@ class VisualSearchService:
                 report["index_file_error"] = str(err)
         report["index_loaded"] = index is not None
         if index is None:
-            index = self._build(vectors, ids, mv)
+            index = self.spec.build(vectors, ids, mv)
             report.update(added=len(ids), removed=0)
         else:  # the reconcile step: the catalog wins
             missing = np.setdiff1d(ids, index.ids, assume_unique=True)
@@ -260,12 +255,6 @@ class VisualSearchService:
             if other != path:
                 other.unlink()
         return index, report
-
-    def _build(self, vectors: np.ndarray, ids: np.ndarray, model_version: str):
-        spec = self.spec if len(ids) >= max(1, self.spec.min_train) else EXACT_SPEC
-        index = spec.build(vectors, ids, model_version) if len(ids) else spec.build(np.zeros((0, vectors.shape[1]), np.float32), ids, model_version)
-        index.model_version = model_version
-        return index
 
     # ---------------------------------------------------------------- reading
     @property
@@ -468,7 +457,7 @@ class VisualSearchService:
         old = self._active
         mv = new.model_version
         ids, vectors = self._embed_catalog(new, self.catalog.hashes(), missing_ok=True)  # deletes go on meanwhile
-        index = self._build(vectors, ids, mv)  # the slow part, while the old index answers
+        index = self.spec.build(vectors, ids, mv)  # the slow part, while the old index answers
         with self._writer:  # catch up with the writes made meanwhile, then commit
             now = self.catalog.hashes()
             now_ids = np.array([i for i, _ in now], dtype=np.int64)
@@ -488,7 +477,7 @@ class VisualSearchService:
             self.catalog.set_meta("model_version", mv)
             if source is not None:
                 self.catalog.set_meta("checkpoint", source)
-            self._active = _Active(new, NeighbourService(index, self._search_params(index), self._label(index)))  # the swap
+            self._active = _Active(new, self._neighbours(index))  # the swap
         if old.embedder.model_version != mv:
             self._index_path(old.embedder.model_version).unlink(missing_ok=True)
 

@@ -41,11 +41,13 @@ class IndexSpec:
 
     def build(self, vectors: np.ndarray, ids: np.ndarray, model_version: str) -> BaseIndex:
         """A new index of this spec over ``vectors`` (trained on them when the kind needs it)."""
-        spec = self if len(vectors) >= self.min_train else EXACT_SPEC
+        spec = self if len(vectors) >= max(1, self.min_train) else EXACT_SPEC  # nothing to train on: exact
         index = build_index(spec.kind, vectors.shape[1], metric="cosine", **spec.params)
         if index.needs_training:
             index.train(vectors)
-        return index.add(vectors, ids, model_version=model_version)
+        index.add(vectors, ids, model_version=model_version)
+        index.model_version = model_version  # also for an empty gallery, whose add names no model
+        return index
 
 
 EXACT_SPEC = IndexSpec("exact")
@@ -68,13 +70,14 @@ class NeighbourService:
 
     Args:
         index: any ``BaseIndex`` holding unit vectors (metric "cosine": scores are similarities).
-        search: knobs passed with every call (e.g. ``{"nprobe": 8}``).
+        search: knobs passed with every call (e.g. ``{"nprobe": 8}``); those the index does not have
+            (an exact fallback has none) are left out.
         label: how responses and figures name this index.
     """
 
     def __init__(self, index: BaseIndex, search: dict[str, Any] | None = None, label: str | None = None) -> None:
         self.index = index
-        self.search_params = dict(search or {}) if index.search_params else {}
+        self.search_params = {k: v for k, v in (search or {}).items() if k in index.search_params}  # once, not per query
         self.label = label or index.kind
 
     def __len__(self) -> int:
@@ -88,7 +91,6 @@ class NeighbourService:
         """``(scores [k'], ids [k'])`` of the ``k`` most similar stored vectors (fewer if the index is smaller), best first."""
         if len(self.index) == 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
-        params = {k_: v for k_, v in self.search_params.items() if k_ in self.index.search_params}
-        scores, ids = self.index.search(vector[None], k, params=params or None, model_version=None)
+        scores, ids = self.index.search(vector[None], k, params=self.search_params or None)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
