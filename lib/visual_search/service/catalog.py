@@ -14,7 +14,11 @@ Tables (schema version ``SCHEMA_VERSION``, kept in SQLite's ``user_version``):
   private, blocked, content_hash (SHA-256 of the decoded pixels, see ``content_hash``),
   model_version of its embedding, the embedding itself (float32 bytes), and for
   gallery images their Fashion-MNIST label and source ("train:123").
-- ``queries``: query_id, time, user, model_version, shown (the ids in the order shown, JSON).
+- ``queries``: query_id, time, user, model_version, shown (the ids in the order shown, JSON),
+  experiment (JSON or NULL: what an online experiment did to this impression, e.g.
+  ``{"experiment": "enc", "variant": "b"}``, an interleaving's teams, a RandPair swap;
+  written by ``visual_search.online.experiment``, read by ``online.logs``). Added in
+  schema version 2; a version-1 file gains the column when it is opened.
 - ``clicks``: query_id, image_id, rank, time.
 - ``meta``: key/value settings (the active model version, the gallery it was built from).
 
@@ -38,7 +42,7 @@ import numpy as np
 from visual_search.errors import NotFoundError, ServiceError
 
 #: Bumped when the tables change; a newer file is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,7 +64,8 @@ CREATE TABLE IF NOT EXISTS queries (
     time          REAL NOT NULL,
     user          TEXT,
     model_version TEXT NOT NULL,
-    shown         TEXT NOT NULL
+    shown         TEXT NOT NULL,
+    experiment    TEXT
 );
 CREATE TABLE IF NOT EXISTS clicks (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -150,6 +155,8 @@ class Catalog:
                 raise ServiceError(f"{self.path}: catalog schema version {version} is newer than this code's {SCHEMA_VERSION}")
             with conn:
                 conn.executescript(_SCHEMA)
+                if version == 1:  # schema 1 lacked queries.experiment (CREATE ... IF NOT EXISTS keeps the old table)
+                    conn.execute("ALTER TABLE queries ADD COLUMN experiment TEXT")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as err:
             raise ServiceError(f"{self.path}: not a catalog database ({err})") from None
@@ -322,10 +329,15 @@ class Catalog:
         return None if row is None else _record(row)
 
     # ------------------------------------------------------------------- logs
-    def log_query(self, query_id: str, user: str | None, model_version: str, shown: Sequence[int]) -> None:
-        """Record what one search showed, in order."""
-        self._write("INSERT INTO queries (query_id, time, user, model_version, shown) VALUES (?, ?, ?, ?, ?)",
-                    (query_id, time.time(), user, model_version, json.dumps([int(i) for i in shown])))
+    def log_query(self, query_id: str, user: str | None, model_version: str, shown: Sequence[int],
+                  experiment: dict | None = None) -> None:
+        """Record what one search showed, in order, and what an experiment did to it (JSON-able, or None)."""
+        try:
+            extra = None if experiment is None else json.dumps(experiment, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ServiceError(f"experiment {experiment!r}: not a JSON object ({err})") from None
+        self._write("INSERT INTO queries (query_id, time, user, model_version, shown, experiment) VALUES (?, ?, ?, ?, ?, ?)",
+                    (query_id, time.time(), user, model_version, json.dumps([int(i) for i in shown]), extra))
 
     def log_click(self, query_id: str, image_id: int, rank: int) -> None:
         """Record a click, after checking that the image was shown at that rank for that query.
