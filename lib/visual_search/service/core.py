@@ -4,6 +4,8 @@
     upload:  bytes -> decode -> blob file -> embed -> catalog row (commit) -> index.add      (searchable at once)
     delete:  catalog row deleted (commit) -> index.remove -> blob file dropped if unused
     swap:    new encoder -> re-embed the whole gallery in the background -> new index -> one assignment
+    variant: a second encoder and its own index, served side by side (``search(variant=...)``), for
+             the online experiments of chapter 08; uploads and deletes keep every variant current
 
 **Consistency.** The catalog is the source of truth and the index a cache of its
 ``embedding`` column. Every write commits to the catalog first and then updates
@@ -161,6 +163,7 @@ class VisualSearchService:
         self._latency_lock = threading.Lock()  # stats() copies the deque while searches append to it
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
+        self._variants: dict[str, _Active] = {}
 
         embedder = EmbeddingService(encoder)
         self.startup: dict[str, Any] = {}
@@ -276,16 +279,25 @@ class VisualSearchService:
         """The nearest-neighbour service now answering: the index with its search knobs."""
         return self._active.neighbours
 
-    def search(self, image: bytes | np.ndarray, box: Sequence[float] | None = None, k: int = 20, user: str | None = None) -> SearchResponse:
+    def search(self, image: bytes | np.ndarray, box: Sequence[float] | None = None, k: int = 20, user: str | None = None,
+               variant: str | None = None, log: bool = True) -> SearchResponse:
         """Search with an upload (bytes) or decoded uint8 pixels ``[H, W]``, optionally cropped to ``box``.
+
+        Args:
+            variant: a model added with ``add_variant`` (None: the main model).
+            log: record the impression in the query log. An experiment that composes what is shown
+                from several searches (interleaving, a RandPair swap) passes False and logs the final
+                list with ``log_impression``; the response's ``query_id`` is then ``""``.
 
         Raises:
             ImageError: the bytes are not a readable image.
-            ServiceError: a bad k, box or user.
+            ServiceError: a bad k, box, user or variant.
         """
         k = check_int(k, "k", low=1, high=MAX_K, error=ServiceError)
         user = check_name(user, "user")
-        active = self._active  # one encoder and one index for the whole request
+        if not isinstance(log, (bool, np.bool_)):
+            raise ServiceError(f"log: expected true or false, got {log!r}")
+        active = self._active if variant is None else self._variant(variant)  # one encoder and one index for the whole request
         t0 = time.perf_counter()
         pixels = active.embedder.decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
         region = active.embedder.crop(pixels, box)
@@ -310,14 +322,38 @@ class VisualSearchService:
                 break
             fetch = min(n, MAX_FETCH, fetch * 4)  # the rules dropped too many: fetch deeper, but never without bound
         kept = [c for c in kept if c.record is not None]  # whatever the rules: a result needs a catalog row
-        query_id = uuid.uuid4().hex
-        self.catalog.log_query(query_id, user, active.embedder.model_version, [c.id for c in kept])
+        query_id = uuid.uuid4().hex if log else ""
+        if log:
+            self.catalog.log_query(query_id, user, active.embedder.model_version, [c.id for c in kept])
         total = time.perf_counter() - t0
         with self._latency_lock:
             self._latencies.append(total)
         timing = {"embed": (t1 - t0) * 1e3, "search": search_s * 1e3, "rerank": rerank_s * 1e3, "total": total * 1e3}
         results = [Result(c.id, c.score, rank, image_url(c.record)) for rank, c in enumerate(kept, start=1)]
         return SearchResponse(query_id, active.embedder.model_version, results, dropped, {k_: round(v, 3) for k_, v in timing.items()}, fetch)
+
+    def log_impression(self, user: str | None, model_version: str, shown: Sequence[int], experiment: dict | None = None) -> str:
+        """Log a result list that an experiment composed from unlogged searches; returns its new query id.
+
+        Clicks on it then go through ``click`` like any other, checked against ``shown``.
+
+        Args:
+            user: who saw it. model_version: what produced it (e.g. ``"interleaved:<a>|<b>"``).
+            shown: the ids in the order shown (distinct catalog ids, at most ``2 * MAX_K``).
+            experiment: what the experiment did (JSON-able), stored in the query log's ``experiment`` column.
+
+        Raises:
+            ServiceError: a bad user, model version or list.
+        """
+        user = check_name(user, "user")
+        if not isinstance(model_version, str) or not model_version or not model_version.isprintable():
+            raise ServiceError(f"model_version: expected a non-empty printable string, got {model_version!r}")
+        ids = [check_int(i, "shown id", low=0, error=ServiceError) for i in shown]
+        if len(ids) > 2 * MAX_K or len(set(ids)) != len(ids):
+            raise ServiceError(f"shown: expected at most {2 * MAX_K} distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
+        query_id = uuid.uuid4().hex
+        self.catalog.log_query(query_id, user, model_version, ids, experiment)
+        return query_id
 
     def get_record(self, image_id: int, user: str | None = None) -> ImageRecord:
         """The record of an image ``user`` may see.
@@ -349,7 +385,7 @@ class VisualSearchService:
             lat = np.array(self._latencies) * 1e3
         pct = {f"p{p}_ms": (round(float(np.percentile(lat, p)), 3) if len(lat) else None) for p in (50, 95, 99)}
         return {**self.catalog.counts(), "indexed": len(self.index), **pct, "latency_window": len(lat),
-                "model_version": self.model_version, "index": self._active.neighbours.label,
+                "model_version": self.model_version, "variants": self.variants, "index": self._active.neighbours.label,
                 "swapping": self.swapping, "swap_error": self.swap_error, "uptime_s": round(time.time() - self.started, 1)}
 
     # ---------------------------------------------------------------- writing
@@ -376,6 +412,9 @@ class VisualSearchService:
             digest = self.blobs.put(pixels, durable=True)
             (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, "upload", owner, bool(private))])
             active.neighbours.index.add(vector[None], np.array([image_id]), model_version=active.embedder.model_version)
+            for other in self._variants.values():  # each variant embeds it with its own model
+                other.neighbours.index.add(other.embedder.embed_pixels(pixels)[None], np.array([image_id]),
+                                           model_version=other.embedder.model_version)
         return image_id
 
     def delete(self, image_id: int) -> None:
@@ -387,6 +426,8 @@ class VisualSearchService:
         with self._writer:
             record = self.catalog.delete(image_id)
             self._active.neighbours.index.remove(np.array([image_id]))
+            for other in self._variants.values():
+                other.neighbours.index.remove(np.array([image_id]))
             if self.catalog.count_hash(record.content_hash) == 0:
                 self.blobs.discard(record.content_hash)
 
@@ -404,6 +445,52 @@ class VisualSearchService:
     def click(self, query_id: str, image_id: int, rank: int) -> None:
         """Log a click on a result that ``query_id`` showed at ``rank``."""
         self.catalog.log_click(query_id, image_id, rank)
+
+    # --------------------------------------------------------------- variants
+    @property
+    def variants(self) -> dict[str, str]:
+        """``{variant name: model version}`` of the models served beside the main one."""
+        return {name: v.embedder.model_version for name, v in self._variants.items()}
+
+    def _variant(self, name: object) -> _Active:
+        if not isinstance(name, str) or name not in self._variants:
+            raise ServiceError(f"variant {name!r}: not served here; the variants are {sorted(self._variants)} (or none, for the main model)")
+        return self._variants[name]
+
+    def add_variant(self, name: str, encoder: Encoder) -> str:
+        """Serve ``encoder`` beside the main model as variant ``name``: ``search(..., variant=name)``.
+
+        The whole catalog is embedded with it, from the stored images, into its own
+        index (the same spec), under the writer lock: uploads and deletes wait for it
+        and from then on update every variant. A variant lives in memory only: the
+        catalog's ``embedding`` column stays the main model's, the source of truth on
+        restart, so an experiment re-adds its variants when the service restarts.
+        Adding a name again replaces that variant.
+
+        Returns:
+            The variant's model version.
+
+        Raises:
+            ServiceError: a bad name.
+        """
+        if check_name(name, "variant") is None:
+            raise ServiceError("variant: a variant needs a name")
+        embedder = EmbeddingService(encoder)
+        with self._writer:
+            ids, vectors = self._embed_catalog(embedder, self.catalog.hashes())
+            index = self.spec.build(vectors, ids, embedder.model_version)
+            self._variants[name] = _Active(embedder, self._neighbours(index))
+        return embedder.model_version
+
+    def remove_variant(self, name: str) -> None:
+        """Stop serving variant ``name``.
+
+        Raises:
+            ServiceError: no such variant.
+        """
+        self._variant(name)
+        with self._writer:
+            del self._variants[name]
 
     # ------------------------------------------------------------------- swap
     @property
