@@ -539,3 +539,21 @@ def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:
 def load_pretrained(path: str | Path = CHECKPOINT_PATH) -> Encoder:
     """The committed SimCLR CNN, trained on the Fashion-MNIST train split, ready for ``embed``."""
     return load_encoder(path)[0]
+
+
+def raw_pixel_encoder(image_size: int = 28, in_channels: int = 1) -> Encoder:
+    """The raw-pixel baseline as an ``Encoder``: z-scored pixels, flattened and L2-normalised.
+
+    It computes exactly ``embed.raw_pixel_embeddings``, but behind the encoder
+    interface, so the service can serve it like any model (an online experiment's
+    floor arm, chapter 08). It has no trained weights; its (unused) projection head is
+    seeded, so its ``version`` is the same on every machine.
+    """
+    image_size = check_int(image_size, "image_size", low=1, high=MAX_IMAGE_SIZE, error=ModelError)
+    in_channels = check_int(in_channels, "in_channels", low=1, high=MAX_IN_CHANNELS, error=ModelError)
+    dim = image_size * image_size * in_channels
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        encoder = Encoder("pixels", _backbone(nn.Flatten(), nn.Identity()), dim, 1, image_size, in_channels,
+                          FASHION_MNIST_MEAN, FASHION_MNIST_STD, {"image_size": image_size, "in_channels": in_channels})
+    return encoder.eval()
