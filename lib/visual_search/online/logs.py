@@ -18,8 +18,15 @@ Metrics (``log_metrics``), over the searches of a log or of one group:
 
 A result clicked twice counts once in ``ctr`` and ``ctr_per_query`` (a result is
 clicked or not) and twice in ``clicks_per_query`` (engagement). ``by`` groups the
-searches: ``"model_version"``, ``"user"``, or a function user -> variant (for an A/B
-test; a variant of None leaves the search out: that user is not in the experiment).
+searches: ``"model_version"``, ``"user"``, ``"variant"`` (the arm an
+``online.experiment.Experiment`` logged in the ``experiment`` column; searches outside
+an A/B arm are left out), or a function user -> variant (a variant of None leaves the
+search out: that user is not in the experiment).
+
+``Impression.experiment`` is that column, parsed: None for an ordinary search, else a
+JSON object such as ``{"experiment": "enc", "variant": "b"}``, plus ``"swap"`` and
+``"swap_mode"`` for a RandPair intervention, or ``"arms"`` and ``"teams"`` for an
+interleaved list. A catalog of schema 1 has no such column: every value is then None.
 
 An empty log (or a group function that keeps no search) raises ``OnlineError``: a
 rate of nothing is undefined, and a zero would read as a real, terrible result.
@@ -56,6 +63,7 @@ class Impression:
     model_version: str
     shown: tuple[int, ...]
     clicked_ranks: tuple[int, ...]
+    experiment: dict | None = None
 
 
 def _is_id(x: object) -> bool:
@@ -76,7 +84,9 @@ def _rows(source: object) -> tuple[list, list]:
     except sqlite3.Error as err:
         raise OnlineError(f"{path}: cannot open the catalog read-only ({err})") from None
     try:
-        queries = conn.execute("SELECT query_id, time, user, model_version, shown FROM queries ORDER BY time, rowid").fetchall()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(queries)")}
+        extra = "experiment" if "experiment" in columns else "NULL"  # schema 1 had no experiment column
+        queries = conn.execute(f"SELECT query_id, time, user, model_version, shown, {extra} FROM queries ORDER BY time, rowid").fetchall()
         clicks = conn.execute("SELECT id, query_id, image_id, rank FROM clicks ORDER BY id").fetchall()
     except sqlite3.Error as err:
         raise OnlineError(f"{path}: not a service catalog with queries and clicks tables ({err})") from None
@@ -97,15 +107,22 @@ def read_impressions(source: str | Path | Catalog) -> list[Impression]:
     queries, clicks = _rows(source)
     shown_of: dict[str, tuple[int, ...]] = {}
     meta = []
-    for query_id, t, user, model_version, shown in queries:
+    for query_id, t, user, model_version, shown, experiment in queries:
         try:
             ids = json.loads(shown)
         except (TypeError, ValueError):
             raise OnlineError(f"queries row {query_id!r}: shown {shown!r} is not JSON") from None
         if not isinstance(ids, list) or not all(_is_id(i) for i in ids):
             raise OnlineError(f"queries row {query_id!r}: shown must be a JSON list of non-negative integer ids, got {shown!r}")
+        if experiment is not None:
+            try:
+                experiment = json.loads(experiment)
+            except (TypeError, ValueError):
+                raise OnlineError(f"queries row {query_id!r}: experiment {experiment!r} is not JSON") from None
+            if not isinstance(experiment, dict):
+                raise OnlineError(f"queries row {query_id!r}: experiment must be a JSON object, got {experiment!r}")
         shown_of[query_id] = tuple(ids)
-        meta.append((query_id, float(t), user, model_version))
+        meta.append((query_id, float(t), user, model_version, experiment))
     clicked: dict[str, list[int]] = {q: [] for q in shown_of}
     for row_id, query_id, image_id, rank in clicks:
         where = f"clicks row {row_id} (query {query_id!r}, image {image_id!r}, rank {rank!r})"
@@ -119,7 +136,7 @@ def read_impressions(source: str | Path | Catalog) -> list[Impression]:
         if shown[rank - 1] != image_id:
             raise OnlineError(f"{where}: rank {rank} showed image {shown[rank - 1]}, not {image_id}")
         clicked[query_id].append(rank)
-    return [Impression(q, t, user, mv, shown_of[q], tuple(clicked[q])) for q, t, user, mv in meta]
+    return [Impression(q, t, user, mv, shown_of[q], tuple(clicked[q]), exp) for q, t, user, mv, exp in meta]
 
 
 def query_table(impressions: Sequence[Impression]) -> dict[str, np.ndarray]:
@@ -162,8 +179,9 @@ def log_metrics(source: str | Path | Catalog | Sequence[Impression],
 
     Args:
         source: a catalog file, a ``Catalog``, or impressions already read.
-        by: None (one dict of metrics), ``"model_version"``, ``"user"``, or a function
-            user -> variant (None: leave that search out); then ``{group: metrics}``, groups sorted.
+        by: None (one dict of metrics), ``"model_version"``, ``"user"``, ``"variant"`` (the logged
+            A/B arm), or a function user -> variant (None: leave that search out); then
+            ``{group: metrics}``, groups sorted.
 
     Raises:
         OnlineError: a malformed row, an empty log or no search kept, a bad ``by``.
@@ -171,12 +189,16 @@ def log_metrics(source: str | Path | Catalog | Sequence[Impression],
     impressions = list(source) if isinstance(source, (list, tuple)) else read_impressions(source)
     if by is None:
         return metrics_of(impressions)
-    if by in ("model_version", "user"):
-        key = (lambda i: i.model_version) if by == "model_version" else (lambda i: i.user)
+    if by == "model_version":
+        key = lambda i: i.model_version  # noqa: E731
+    elif by == "user":
+        key = lambda i: i.user  # noqa: E731
+    elif by == "variant":
+        key = lambda i: None if i.experiment is None or "teams" in i.experiment else i.experiment.get("variant")  # noqa: E731
     elif callable(by):
         key = lambda i: by(i.user)  # noqa: E731
     else:
-        raise OnlineError(f"by: expected None, 'model_version', 'user' or a function user -> variant, got {by!r}")
+        raise OnlineError(f"by: expected None, 'model_version', 'user', 'variant' or a function user -> variant, got {by!r}")
     groups: dict = {}
     for imp in impressions:
         g = key(imp)
@@ -187,4 +209,77 @@ def log_metrics(source: str | Path | Catalog | Sequence[Impression],
     return {g: metrics_of(groups[g]) for g in sorted(groups, key=str)}
 
 
-__all__ = ["METRICS", "Impression", "log_metrics", "metrics_of", "query_table", "read_impressions"]
+def _of_experiment(impressions: Sequence[Impression], experiment: str | None, key: str) -> list[Impression]:
+    """The impressions an experiment logged with ``key`` in their record (of experiment ``experiment``, if given)."""
+    return [i for i in impressions if i.experiment is not None and key in i.experiment
+            and (experiment is None or i.experiment.get("experiment") == experiment)]
+
+
+def interleaving_outcomes(source: str | Path | Catalog | Sequence[Impression], experiment: str | None = None) -> list[str]:
+    """Per interleaved impression (oldest first), the winner by click credit: ``"a"``, ``"b"`` or ``"tie"``.
+
+    Team ``"a"`` is the experiment's first arm. Impressions without an interleaving record are skipped.
+
+    Raises:
+        OnlineError: a malformed record (teams that do not match what was shown), or no interleaved impression.
+    """
+    from visual_search.online.interleaving import interleaving_winner
+
+    impressions = list(source) if isinstance(source, (list, tuple)) else read_impressions(source)
+    out = []
+    for imp in _of_experiment(impressions, experiment, "teams"):
+        teams = imp.experiment["teams"]
+        if not isinstance(teams, str) or len(teams) != len(imp.shown) or set(teams) - {"a", "b"}:
+            raise OnlineError(f"queries row {imp.query_id!r}: teams {teams!r} must be one 'a' or 'b' per shown result ({len(imp.shown)})")
+        out.append(interleaving_winner(list(teams), [r - 1 for r in imp.clicked_ranks]))
+    if not out:
+        raise OnlineError("log: no interleaved impression" + (f" of experiment {experiment!r}" if experiment else ""))
+    return out
+
+
+@dataclass(frozen=True)
+class SwapRows:
+    """A log as ``position_bias.estimate_theta_swap`` reads it: one row per (impression, rank 1..n_ranks)."""
+
+    ranks: np.ndarray
+    clicked: np.ndarray
+    swap: np.ndarray
+    mode: str
+    impressions: int
+
+
+def swap_rows(source: str | Path | Catalog | Sequence[Impression], n_ranks: int = 10, experiment: str | None = None) -> SwapRows:
+    """The A/B impressions of an experiment with RandPair swaps, as per-rank rows (``swap`` 0 = production order).
+
+    Impressions with fewer than ``n_ranks`` results are left out (their deep ranks were never shown).
+
+    Raises:
+        OnlineError: a bad ``n_ranks``, no swapped impression, two swap modes in one log, or a malformed swap.
+    """
+    impressions = list(source) if isinstance(source, (list, tuple)) else read_impressions(source)
+    if isinstance(n_ranks, bool) or not isinstance(n_ranks, (int, np.integer)) or not 2 <= n_ranks <= 100:
+        raise OnlineError(f"n_ranks must be an integer in 2..100, got {n_ranks!r}")
+    kept = [i for i in _of_experiment(impressions, experiment, "variant") if len(i.shown) >= n_ranks]
+    swapped = [i for i in kept if "swap" in i.experiment]
+    if not swapped:
+        raise OnlineError("log: no impression with a RandPair swap" + (f" in experiment {experiment!r}" if experiment else ""))
+    modes = {i.experiment.get("swap_mode") for i in swapped}
+    if len(modes) != 1:
+        raise OnlineError(f"log: swaps of several modes {sorted(map(str, modes))}; estimate each experiment separately")
+    ranks, clicked, swap = [], [], []
+    for imp in kept:
+        k = imp.experiment.get("swap", 0)
+        if isinstance(k, bool) or not isinstance(k, int) or not (k == 0 or 2 <= k <= len(imp.shown)):
+            raise OnlineError(f"queries row {imp.query_id!r}: swap {k!r} must be 0 or a rank in 2..{len(imp.shown)}")
+        if k > n_ranks:
+            continue  # swapped below the ranks we estimate: its top n_ranks are not the production order
+        hit = set(imp.clicked_ranks)
+        ranks.extend(range(1, n_ranks + 1))
+        clicked.extend(int(r in hit) for r in range(1, n_ranks + 1))
+        swap.extend([k] * n_ranks)
+    as_int = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return SwapRows(as_int(ranks), as_int(clicked), as_int(swap), modes.pop(), len(ranks) // n_ranks)
+
+
+__all__ = ["METRICS", "Impression", "SwapRows", "interleaving_outcomes", "log_metrics", "metrics_of", "query_table",
+           "read_impressions", "swap_rows"]

@@ -29,6 +29,10 @@ Two click models (Chuklin, Markov and de Rijke, "Click Models for Web Search", 2
   (0: the classic cascade, at most one click) and leave otherwise; without a click they go
   on. So rank r is examined with probability ``prod_{j<r} (1 - a_j (1 - continuation))``.
 
+``UserPopulation`` makes users differ: each user's own click propensity scales the
+PBM's attractiveness (a Beta draw, fixed per user id), while all share one
+examination curve; it is a function user id -> click model.
+
 ``simulate_clicks`` draws one page's clicks, ``simulate_click_matrix`` many pages' at once;
 both are deterministic for a seeded Generator.
 
@@ -43,6 +47,7 @@ Errors: ``visual_search.errors.OnlineError``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -151,6 +156,61 @@ class CascadeModel:
 ClickModel = PositionBasedModel | CascadeModel
 
 
+@dataclass(frozen=True)
+class UserPopulation:
+    """Users who differ: each has their own click propensity, and all share one examination curve.
+
+    Real users are not alike: some click on almost anything, some rarely click at all.
+    User ``u`` gets a propensity ``c_u ~ Beta(propensity_a, propensity_b)`` (mean
+    ``a / (a + b)``; the default Beta(0.5, 1.5) has mean 0.25 and puts many users near 0), drawn from a generator seeded by the population's ``seed`` and the
+    user id, so the same user always behaves the same way; their click model is the PBM
+    with ``attractiveness[g] = min(1, c_u * scale * base[g])``, where ``scale`` is
+    ``1 / mean propensity`` so the population's average click probability matches ``base``.
+
+    Because everyone shares ``examination(r) = 1 / r ** eta``, the PBM holds for every
+    user with the same curve, and ``examination_curve`` is the truth a position-bias
+    estimator should recover. Calling the population with a user id returns that user's
+    ``PositionBasedModel``: ``run_simulated_users(target, population, ...)``.
+
+    This heterogeneity is what makes A/B tests slow: it adds between-user variance to
+    every arm's CTR, while interleaving compares both rankers inside each user's own
+    query and cancels it.
+    """
+
+    eta: float = 1.0
+    propensity_a: float = 0.5
+    propensity_b: float = 1.5
+    base: tuple[float, ...] = ATTRACTIVENESS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_real(self.eta, "UserPopulation: eta", low=0, error=OnlineError)
+        for name in ("propensity_a", "propensity_b"):
+            check_real(getattr(self, name), f"UserPopulation: {name}", low=0, low_open=True, error=OnlineError)
+        object.__setattr__(self, "base", tuple(_attractiveness(self.base).tolist()))
+        check_seed(self.seed, error=OnlineError)
+
+    @property
+    def mean_propensity(self) -> float:
+        return self.propensity_a / (self.propensity_a + self.propensity_b)
+
+    def propensity(self, user: str) -> float:
+        """User ``user``'s click propensity ``c_u`` (deterministic)."""
+        if not isinstance(user, str):
+            raise OnlineError(f"user: expected a user id string, got {user!r}")
+        digest = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big")
+        rng = np.random.default_rng([self.seed, digest])
+        return float(rng.beta(self.propensity_a, self.propensity_b))
+
+    def __call__(self, user: str) -> PositionBasedModel:
+        c = self.propensity(user) / self.mean_propensity
+        return PositionBasedModel(self.eta, tuple(np.minimum(1.0, c * np.asarray(self.base)).tolist()))
+
+    def examination_curve(self, n: int) -> np.ndarray:
+        """The true P(examine rank r), shared by every user, for ranks 1..n."""
+        return PositionBasedModel(self.eta).examination_curve(n)
+
+
 def simulate_click_matrix(model: ClickModel, grades: object, rng: np.random.Generator) -> np.ndarray:
     """Clicks on ``S`` pages at once: bool ``[S, n]`` for int grades ``[S, n]`` (rank 1 is column 0)."""
     if not isinstance(model, (PositionBasedModel, CascadeModel)):
@@ -255,7 +315,7 @@ def run_simulated_users(
     drawn from ``model`` and each is posted through the service's click endpoint, top first.
 
     Args:
-        target: a ``VisualSearchService`` (in-process), a base URL such as ``"http://127.0.0.1:8000"``,
+        target: a ``VisualSearchService`` or an ``online.experiment.Experiment`` on one (in-process), a base URL such as ``"http://127.0.0.1:8000"``,
             or an HTTP client with httpx's ``post`` (an ``httpx.Client``, FastAPI's ``TestClient``).
         model: a click model, or a function user id -> click model (different users, different behaviour).
         query_images: uint8 ``[Q, H, W]``. query_labels: int ``[Q]``.
@@ -289,9 +349,13 @@ def run_simulated_users(
         grades = np.asarray(grades)
         if grades.ndim != 2 or len(grades) != len(query_images):
             raise OnlineError(f"grades: expected [Q={len(query_images)}, G], got shape {list(grades.shape)}")
-    model_of = model if callable(model) and not isinstance(model, (PositionBasedModel, CascadeModel)) else (lambda _user: model)
+    if not isinstance(model, (PositionBasedModel, CascadeModel)) and not callable(model):
+        raise OnlineError(f"model: expected a click model or a function user id -> click model, got {type(model).__name__}")
+    model_of = model if not isinstance(model, (PositionBasedModel, CascadeModel)) else (lambda _user: model)
 
-    in_process = isinstance(target, VisualSearchService)
+    from visual_search.online.experiment import Experiment
+
+    in_process = isinstance(target, (VisualSearchService, Experiment))
     own_client = None
     if not in_process:
         if isinstance(target, str):
@@ -355,6 +419,7 @@ __all__ = [
     "ClickModel",
     "PositionBasedModel",
     "SimulationSummary",
+    "UserPopulation",
     "grades_from_labels",
     "relevance_grades",
     "run_simulated_users",
