@@ -1,0 +1,272 @@
+"""Chapter 08's experiments, one function per step, shared by the notebook and ``bench online``.
+
+Every step runs simulated users (``users.PositionBasedModel``, known truth) against
+the real service (chapter 09), serving several encoders side by side as variants,
+and analyses only what the service logged:
+
+1. ``measure_position_bias``: the SimCLR model served with RandPair swaps; the
+   examination curve estimated from the log (swap ratios, and EM) against the truth.
+2. ``click_pairs`` + ``finetune_on_clicks``: the same log's clicks become (query,
+   clicked image) training pairs, weighted by inverse propensity or not, and the
+   SimCLR encoder is fine-tuned on each (``train.finetune_on_pairs``).
+3. ``run_ab``: a multi-arm A/B test of every ranker; per-arm CTR, click rate and
+   first-click MRR, the sample-ratio check, z-tests against the control.
+4. ``run_interleaving``: team-draft interleaving of two rankers on fresh users.
+5. ``offline_scores``: graded nDCG@10 (and the rest of ``evaluate_rankings``) of each
+   ranker, to set beside its online CTR.
+
+``rankers`` builds the encoders compared (raw pixels, a random CNN, the committed
+SimCLR CNN, a supervised CNN); ``study_data`` loads the gallery and query pool.
+``sizes(fast)`` holds every count, so fast mode runs the same code on less.
+
+Errors: ``visual_search.errors.OnlineError`` for bad arguments; the service's and the
+trainer's own errors pass through.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from visual_search.data import load_fashion_mnist, load_sample
+from visual_search.embed import embed
+from visual_search.errors import OnlineError
+from visual_search.evalset import GradedEvalSet, evaluate_rankings, load_graded_eval
+from visual_search.index import exact_search
+from visual_search.models import Encoder, build_encoder, load_pretrained, raw_pixel_encoder
+from visual_search.online.ab import srm_test, two_proportion_test
+from visual_search.online.experiment import Experiment
+from visual_search.online.logs import interleaving_outcomes, log_metrics, query_table, read_impressions, swap_rows
+from visual_search.online.position_bias import estimate_theta_em, estimate_theta_swap, ips_weights, naive_theta
+from visual_search.online.users import SimulationSummary, run_simulated_users
+from visual_search.service.core import Gallery, VisualSearchService
+from visual_search.train import finetune_on_pairs, train_supervised
+
+#: A click model, or a function user id -> click model (``users.UserPopulation``).
+ClickModel = Callable[[str], object] | object
+
+#: The rankers of the study, in the order the figures show them.
+RANKERS = ("raw pixels", "random CNN", "SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks", "supervised")
+#: The ranks whose examination propensity is estimated (and the page size of every search).
+N_RANKS = 10
+
+
+def sizes(fast: bool) -> dict:
+    """Every count of the study: full mode (the 60k train gallery, test-split queries) or fast mode (the sample)."""
+    if fast:
+        return {"gallery": "sample", "position_users": 1500, "swap_rate": 0.3, "ab_users_per_arm": 150,
+                "interleaving_users": 400, "graded_queries": 100, "graded_gallery": 600, "supervised_epochs": 1,
+                "click_epochs": 1, "click_batch": 128, "aa_tests": 1000, "power_sims": 500}
+    return {"gallery": "train", "position_users": 30_000, "swap_rate": 0.3, "ab_users_per_arm": 3_000,
+            "interleaving_users": 8_000, "graded_queries": None, "graded_gallery": None, "supervised_epochs": 2,
+            "click_epochs": 2, "click_batch": 256, "aa_tests": 1000, "power_sims": 2000}
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The service's gallery, the pool that simulated users draw query images from, and the graded set."""
+
+    gallery: Gallery
+    query_images: np.ndarray
+    query_labels: np.ndarray
+    evalset: GradedEvalSet
+
+
+def study_data(fast: bool) -> StudyData:
+    """Fast: the committed sample (2,000 gallery images, 500 queries). Full: the 60,000 train images as the
+    gallery (id = train index) and the 10,000 test images as queries. The graded set is subset in fast mode."""
+    size = sizes(fast)
+    if size["gallery"] == "sample":
+        s = load_sample()
+        gallery = Gallery(s.gallery_images, s.gallery_labels, [f"train:{i}" for i in s.gallery_index], name="sample")
+        queries, labels = s.query_images, s.query_labels
+    else:
+        train, train_labels = load_fashion_mnist("train")
+        gallery = Gallery(train, train_labels, [f"train:{i}" for i in range(len(train))], name="train")
+        queries, labels = load_fashion_mnist("test")
+    evalset = load_graded_eval()
+    if size["graded_queries"] is not None:
+        evalset = evalset.subset(size["graded_queries"], n_gallery=size["graded_gallery"])
+    return StudyData(gallery, queries, labels, evalset)
+
+
+def rankers(gallery: Gallery, fast: bool, seed: int = 0, progress: bool = True) -> dict[str, Encoder]:
+    """The encoders compared before any click arrives: raw pixels, a random CNN, SimCLR, supervised.
+
+    The random and supervised CNNs have the committed SimCLR CNN's architecture; the
+    supervised one is trained on the gallery's labels for ``sizes(fast)["supervised_epochs"]``.
+    """
+    simclr = load_pretrained()
+    settings = {k: v for k, v in simclr.config.items() if k != "seed"}
+    supervised = train_supervised(build_encoder(simclr.name, seed=seed, **settings), gallery.images, gallery.labels,
+                                  epochs=sizes(fast)["supervised_epochs"], seed=seed, progress=progress)
+    return {"raw pixels": raw_pixel_encoder(), "random CNN": build_encoder(simclr.name, seed=seed, **settings),
+            "SimCLR": simclr, "supervised": supervised}
+
+
+def offline_scores(encoder: Encoder, evalset: GradedEvalSet) -> dict[str, float]:
+    """``evaluate_rankings`` of ``encoder``'s exact top-100 on the graded set (nDCG@10 on 0-5 grades among them)."""
+    q = embed(encoder, evalset.query_images, progress=False)
+    g = embed(encoder, evalset.gallery_images, progress=False)
+    return evaluate_rankings(exact_search(q, g, 100, metric="ip")[1], evalset)
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def measure_position_bias(service: VisualSearchService, data: StudyData, model: ClickModel, n_users: int,
+                          swap_rate: float, seed: int = 0, name: str = "randpair") -> dict:
+    """Serve the main model with RandPair swaps (rank 1 with rank k) to ``n_users`` and estimate the curve.
+
+    Returns a dict with ``true``, ``swap`` (RandPair ratios), ``em`` (EM with one relevance per
+    (query class, shown class) pair: relevance here depends on nothing else) and ``naive`` (click rate per rank over rank 1) curves for ranks 1..N_RANKS,
+    the max absolute error of each against the truth, the swapped impression count, and
+    ``summary`` (the simulation's impressions: query index, shown ids, clicked ranks).
+    """
+    exp = Experiment(service, name, {"production": None}, swap_rate=swap_rate, swap_depth=N_RANKS, seed=seed)
+    summary = run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=n_users, k=N_RANKS,
+                                  seed=seed, user_prefix=f"{name}-")
+    impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
+    rows = swap_rows(impressions, N_RANKS)
+    swap = estimate_theta_swap(rows.ranks, rows.clicked, rows.swap, rows.mode, n_ranks=N_RANKS, min_impressions=10)
+    # EM keys: (query class, shown image's class), the features relevance depends on here; the simulation
+    # records which query image each search sent (the service does not store query images)
+    by_id = {i.query_id: i for i in impressions}
+    ranks, clicked, keys = [], [], []
+    for imp in summary.impressions:
+        logged = by_id[imp["query_id"]]
+        if len(logged.shown) < N_RANKS:
+            continue
+        hit = set(logged.clicked_ranks)
+        for r, image_id in enumerate(logged.shown[:N_RANKS], start=1):
+            ranks.append(r)
+            clicked.append(int(r in hit))
+            keys.append(int(data.query_labels[imp["query_index"]]) * 1000 + int(data.gallery.labels[image_id]))
+    _, key_ids = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
+    em = estimate_theta_em(np.asarray(ranks), np.asarray(clicked), key_ids, n_ranks=N_RANKS, min_rows_per_rank=10)
+    naive = naive_theta(np.asarray(ranks), np.asarray(clicked), n_ranks=N_RANKS)
+    true = model.examination_curve(N_RANKS)
+    return {"true": true, "swap": swap.theta, "em": em.theta, "naive": naive,
+            "max_error": {"swap": _max_abs(swap.theta, true), "em": _max_abs(em.theta, true), "naive": _max_abs(naive, true)},
+            "impressions": len(impressions), "swapped_impressions": int(np.sum(rows.swap[::N_RANKS] > 0)),
+            "swap_rate": swap_rate, "em_converged": bool(em.converged), "summary": summary}
+
+
+@dataclass(frozen=True)
+class ClickPairs:
+    """(query image, clicked gallery image) pairs from a simulation: ``query`` indexes the query pool,
+    ``clicked`` is the gallery id, ``rank`` where it was shown (1 = top)."""
+
+    query: np.ndarray
+    clicked: np.ndarray
+    rank: np.ndarray
+
+
+def click_pairs(summary: SimulationSummary) -> ClickPairs:
+    """Every click of a simulation as a training pair (the service's log has the ids and ranks; the
+    simulation knows which query image each search sent, which the service does not store)."""
+    q, c, r = [], [], []
+    for imp in summary.impressions:
+        for rank in imp["clicked_ranks"]:
+            q.append(imp["query_index"])
+            c.append(imp["shown"][rank - 1])
+            r.append(rank)
+    if not q:
+        raise OnlineError("summary: no clicks, so no training pairs")
+    return ClickPairs(*(np.asarray(x, dtype=np.int64) for x in (q, c, r)))
+
+
+def finetune_on_clicks(base: Encoder, data: StudyData, pairs: ClickPairs, weights: np.ndarray | None, epochs: int,
+                       batch_size: int, seed: int = 0, progress: bool = True) -> Encoder:
+    """A copy of ``base`` fine-tuned contrastively on click pairs (``train.finetune_on_pairs``).
+
+    ``weights`` (e.g. ``ips_weights``) are applied by resampling the pairs with
+    probability proportional to them, the same number of pairs as the log holds: in
+    expectation the same loss as weighting each pair's term, with the optimiser, batch
+    size and step count of the unweighted run. None: the pairs as logged.
+    """
+    n = len(pairs.query)
+    order = np.arange(n)
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise OnlineError(f"weights: expected {n} finite non-negative weights with a positive sum, got shape {w.shape}")
+        order = np.random.default_rng(seed).choice(n, size=n, p=w / w.sum())
+    images = np.concatenate([data.gallery.images, data.query_images])
+    offset = len(data.gallery.images)  # gallery ids are positions (the study's gallery has ids 0..N-1)
+    return finetune_on_pairs(copy.deepcopy(base), images, pairs.query[order] + offset, pairs.clicked[order],
+                             epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+
+
+def ips(pairs: ClickPairs, theta: np.ndarray, max_weight: float = 10.0) -> np.ndarray:
+    """Clipped inverse-propensity weights of each pair's click rank, from an estimated curve."""
+    return ips_weights(pairs.rank, theta, max_weight=max_weight)
+
+
+def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arms: Mapping[str, str | None],
+           users_per_arm: int, control: str, seed: int = 0, name: str = "ab") -> dict:
+    """A multi-arm A/B test: ``users_per_arm * len(arms)`` users, each hashed to one arm, one search each.
+
+    Returns ``{"metrics": {arm: log_metrics}, "srm_p": chi-square p of the split,
+    "tests": {arm: two-proportion test of click rate (queries with a click) against control},
+    "ctr_tests": {arm: the same on CTR (clicked results / results), pooled over results},
+    "per_query_ctr": {arm: {"mean", "var", "n"} of each query's CTR}}``, all read from the service's log.
+    """
+    if control not in arms:
+        raise OnlineError(f"control {control!r} is not one of the arms {list(arms)}")
+    exp = Experiment(service, name, arms, seed=seed)
+    run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=users_per_arm * len(arms), k=N_RANKS,
+                        seed=seed, user_prefix=f"{name}-")
+    impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
+    metrics = log_metrics(impressions, by="variant")
+    labels = list(arms)
+    counts = [metrics[a]["queries"] if a in metrics else 0 for a in labels]
+    tests, ctr_tests = {}, {}
+    c = metrics[control]
+    for arm in labels:
+        if arm == control or arm not in metrics:
+            continue
+        m = metrics[arm]
+        tests[arm] = two_proportion_test(round(c["click_rate"] * c["queries"]), c["queries"], round(m["click_rate"] * m["queries"]), m["queries"])
+        ctr_tests[arm] = two_proportion_test(round(c["ctr"] * c["results_shown"]), c["results_shown"],
+                                             round(m["ctr"] * m["results_shown"]), m["results_shown"])
+    per_query = {}
+    for arm in labels:
+        t = query_table([i for i in impressions if i.experiment.get("variant") == arm])
+        ctr = t["clicked"][t["shown"] > 0] / t["shown"][t["shown"] > 0]
+        per_query[arm] = {"mean": float(ctr.mean()), "var": float(ctr.var(ddof=1)), "n": int(len(ctr))}
+    return {"metrics": metrics, "srm_p": srm_test(counts, [1.0] * len(labels)), "tests": tests, "ctr_tests": ctr_tests,
+            "per_query_ctr": per_query}
+
+
+def run_interleaving(service: VisualSearchService, data: StudyData, model: ClickModel, arm_a: tuple[str, str | None],
+                     arm_b: tuple[str, str | None], n_users: int, seed: int = 0, name: str = "interleave") -> dict[str, int]:
+    """Team-draft interleave two rankers for ``n_users`` fresh users; returns ``{"a": wins, "b": wins, "tie": ties}``
+    (``a`` is ``arm_a``), counted from the service's log."""
+    exp = Experiment(service, name, dict([arm_a, arm_b]), mode="interleave", seed=seed)
+    run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=n_users, k=N_RANKS, seed=seed,
+                        user_prefix=f"{name}-")
+    outcomes = interleaving_outcomes(read_impressions(service.catalog), experiment=name)
+    return {w: outcomes.count(w) for w in ("a", "b", "tie")}
+
+
+def order_agreement(offline: Sequence[float], online: Sequence[float]) -> dict:
+    """Kendall's tau between two scorings of the same rankers, and whether they order them identically."""
+    from scipy.stats import kendalltau
+
+    offline, online = np.asarray(offline, float), np.asarray(online, float)
+    if offline.shape != online.shape or len(offline) < 2:
+        raise OnlineError(f"offline, online: expected two equal-length score lists of >= 2 rankers, got {offline.shape} and {online.shape}")
+    tau = kendalltau(offline, online)
+    return {"kendall_tau": float(tau.statistic), "p_value": float(tau.pvalue),
+            "same_order": bool(np.array_equal(np.argsort(-offline, kind="stable"), np.argsort(-online, kind="stable")))}
+
+
+__all__ = [
+    "N_RANKS", "RANKERS", "ClickPairs", "StudyData", "click_pairs", "finetune_on_clicks", "ips", "measure_position_bias",
+    "offline_scores", "order_agreement", "rankers", "run_ab", "run_interleaving", "sizes", "study_data",
+]
