@@ -28,6 +28,13 @@ and a model swap (failed requests, stale reads), a SIGKILL during uploads
 (consistency after restart), and hostile uploads (each a 4xx that names the
 problem). Full mode serves the 70k gallery, fast mode the 2,000-image sample.
 
+``online`` (``bench.online``): chapter 08 on simulated users of the real service,
+every ranker served side by side: the examination curve from RandPair swaps and
+EM against the truth, SimCLR fine-tuned on clicks with and without inverse-
+propensity weights, a six-arm A/B test, offline nDCG@10 against online CTR,
+interleaving against A/B in queries to 80% power, and A/A and peeking
+false-positive rates.
+
 Output: ``config.results_dir()`` (``results/``; fast mode ``build/results-fast/``;
 ``VISUAL_SEARCH_RESULTS`` overrides) gets ``bench_<name>.json``, and
 ``config.figures_dir()`` the figures, so a fast run never overwrites committed
@@ -46,10 +53,10 @@ import argparse
 import os
 from collections.abc import Callable
 
-from visual_search.bench import ann, baseline, encoders, serve
+from visual_search.bench import ann, baseline, encoders, online, serve
 
 #: ``name -> run(seed=0) -> dict``: what ``main`` can run, in the default order.
-BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run}
+BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run, "online": online.run}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
         BENCHMARKS[name](seed=args.seed)
 
 
-__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "serve"]
+__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "online", "serve"]

@@ -1,0 +1,235 @@
+"""``bench online``: chapter 08's online evaluation, on simulated users of the real service.
+
+    python -m visual_search.bench online          # full: the 60,000 train images as gallery, test-split queries
+    python -m visual_search.bench online --fast   # the committed sample and fewer users (CI)
+
+One in-process ``VisualSearchService`` serves every ranker side by side (``add_variant``);
+simulated users (``online.users.PositionBasedModel``: examination ``1/r``, click
+probability by 0-5 grade) search it and post their clicks through it, and every
+number below is read back from the service's own SQLite log (``online.study`` has
+the steps):
+
+1. **Position bias.** The committed SimCLR model with RandPair swaps (rank 1 with a
+   rank k in 2..10, ``swap_rate`` of the impressions): the examination curve from the
+   swaps, from EM, and the naive click-rate ratio, each against the truth.
+2. **Clicks as training data.** Every click of that log is a (query, clicked image)
+   pair; SimCLR is fine-tuned on them unweighted and with clipped inverse-propensity
+   weights from the estimated curve.
+3. **A/B test** of six rankers (raw pixels, random CNN, SimCLR, SimCLR + clicks,
+   SimCLR + IPS clicks, supervised), users hashed to arms: per-arm CTR, click rate and
+   first-click MRR; the sample-ratio check; z-tests against SimCLR.
+4. **Offline vs online:** each ranker's graded nDCG@10 beside its online CTR.
+5. **Interleaving vs A/B:** team-draft interleaving of two pairs on fresh users; the
+   queries each design needs for 80% power, analytic and simulated from the logged outcomes.
+6. **A/A and peeking:** 1,000 simulated A/A tests analysed per impression and per user,
+   and 1,000 peeked daily for 14 days, at the CTR the service logged.
+
+Sizes: ``online.study.sizes``. Writes ``bench_online.json`` and ``bench_online_*.png``.
+The data dir is built afresh under ``build/bench-online/`` and removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from visual_search import config
+from visual_search.bench._common import machine, relative, write_result
+from visual_search.errors import OnlineError
+from visual_search.viz import save_figure
+
+#: The pairs compared by interleaving and by A/B (control first).
+PAIRS = (("SimCLR", "random CNN"), ("SimCLR", "SimCLR + IPS clicks"))
+TARGET_POWER = 0.8
+
+
+def _timed(timings: dict, name: str):
+    class _T:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t0, 2)
+            print(f"  {name}: {timings[name]:.1f} s", flush=True)
+
+    return _T()
+
+
+def _test_dict(t) -> dict:
+    return {"diff": t.diff, "ci": list(t.ci), "p_value": t.p_value, "significant": bool(t.significant)}
+
+
+def run(seed: int = 0) -> dict:
+    """Run the study (module docstring); write the JSON and the four figures. Returns the JSON."""
+    from visual_search.online import simulate_aa_tests, simulate_peeking, study, two_proportion_test
+    from visual_search.online.plots import plot_examination, plot_offline_online, plot_peeking, plot_power
+    from visual_search.online.power import (
+        ab_mean_power_curve,
+        ab_mean_queries_for_power,
+        ab_power_curve,
+        ab_queries_for_power,
+        interleaving_power_curve,
+        interleaving_queries_for_power,
+        queries_to_power,
+    )
+    from visual_search.online.users import UserPopulation
+    from visual_search.service.core import VisualSearchService
+
+    fast = config.is_fast()
+    size = study.sizes(fast)
+    progress = not fast
+    timings: dict[str, float] = {}
+    data = study.study_data(fast)
+    model = UserPopulation(seed=seed)
+    data_dir = config.REPO_ROOT / "build" / "bench-online" / f"{'fast' if fast else 'full'}-{os.getpid()}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        with _timed(timings, "rankers (supervised training)"):
+            encoders = study.rankers(data.gallery, fast, seed=seed, progress=progress)
+        with _timed(timings, "service start (gallery build)"):
+            service = VisualSearchService(data_dir, encoders["SimCLR"], gallery=data.gallery, progress=progress)
+        try:
+            with _timed(timings, "position bias (RandPair)"):
+                pb = study.measure_position_bias(service, data, model, size["position_users"], size["swap_rate"], seed=seed)
+            pairs = study.click_pairs(pb["summary"])
+            weights = study.ips(pairs, pb["swap"])
+            with _timed(timings, "click fine-tuning (2 models)"):
+                encoders["SimCLR + clicks"] = study.finetune_on_clicks(encoders["SimCLR"], data, pairs, None, size["click_epochs"],
+                                                                       size["click_batch"], seed=seed, progress=progress)
+                encoders["SimCLR + IPS clicks"] = study.finetune_on_clicks(encoders["SimCLR"], data, pairs, weights, size["click_epochs"],
+                                                                           size["click_batch"], seed=seed, progress=progress)
+            encoders = {name: encoders[name] for name in study.RANKERS}
+            with _timed(timings, "variants (re-embed the gallery 5x)"):
+                for name, encoder in encoders.items():
+                    if name != "SimCLR":
+                        service.add_variant(name, encoder)
+            arms = {name: (None if name == "SimCLR" else name) for name in encoders}
+            with _timed(timings, "A/B test"):
+                ab = study.run_ab(service, data, model, arms, size["ab_users_per_arm"], control="SimCLR", seed=seed)
+            with _timed(timings, "offline scores"):
+                offline = {name: study.offline_scores(enc, data.evalset) for name, enc in encoders.items()}
+            interleaving = {}
+            with _timed(timings, "interleaving"):
+                for i, (a, b) in enumerate(PAIRS):
+                    interleaving[f"{a} vs {b}"] = study.run_interleaving(service, data, model, (a, arms[a]), (b, arms[b]),
+                                                                         size["interleaving_users"], seed=seed + i, name=f"il{i}")
+            stats = service.stats()
+        finally:
+            service.close()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    metrics = ab["metrics"]
+    # ---- power: A/B on click rate against interleaving, per pair ----------------------------
+    grid = np.unique(np.geomspace(20, 2e7, 60).astype(np.int64))
+    power, curves = {}, {}
+    for i, (a, b) in enumerate(PAIRS):
+        key = f"{a} vs {b}"
+        wins = interleaving[key]
+        pa, pb_ = metrics[a]["click_rate"], metrics[b]["click_rate"]
+        qa, qb = ab["per_query_ctr"][a], ab["per_query_ctr"][b]
+        row: dict = {"ab_click_rate": {a: pa, b: pb_}, "ab_per_query_ctr": {a: qa, b: qb}, "interleaving": wins}
+        # queries in the whole experiment (A/B: both arms), analytic, per design; None where the measured difference is 0
+        row["queries_analytic"], row["notes"] = {}, {}
+        for what, fn, args in (("ab_click_rate", ab_queries_for_power, (pa, pb_)),
+                               ("ab_per_query_ctr", ab_mean_queries_for_power, (qa["mean"], qa["var"], qb["mean"], qb["var"])),
+                               ("interleaving", interleaving_queries_for_power, (wins["a"], wins["b"], wins["tie"]))):
+            try:
+                n = fn(*args, power=TARGET_POWER)
+                row["queries_analytic"][what] = 2 * n if what.startswith("ab_") else n
+            except OnlineError as err:
+                row["queries_analytic"][what] = None
+                row["notes"][what] = str(err)
+        ab_curve = ab_power_curve(pa, pb_, grid, n_sims=size["power_sims"], seed=seed + i) if pa != pb_ else None
+        il_curve = interleaving_power_curve(wins["a"], wins["b"], wins["tie"], grid, n_sims=size["power_sims"], seed=seed + i)
+        row["queries_simulated"] = {"ab_click_rate": queries_to_power(ab_curve, TARGET_POWER) if ab_curve else None,
+                                    "interleaving": queries_to_power(il_curve, TARGET_POWER)}
+        n = row["queries_analytic"]
+        best_ab = min((v for k, v in n.items() if k.startswith("ab_") and v), default=None)  # the A/B metric that needs fewer
+        row["ab_queries_best"] = best_ab
+        row["ratio_ab_to_interleaving"] = best_ab / n["interleaving"] if best_ab and n["interleaving"] else None
+        power[key] = row
+        if ab_curve is not None:
+            curves[f"A/B click rate, {key}"] = ab_curve
+        if qa["mean"] != qb["mean"]:
+            curves[f"A/B per-query CTR, {key}"] = ab_mean_power_curve(qa["mean"], qa["var"], qb["mean"], qb["var"], grid)
+        curves[f"interleaving, {key}"] = il_curve
+    # ---- A/A and peeking, at the CTR the service logged for SimCLR -------------------------
+    base_ctr = float(metrics["SimCLR"]["ctr"])
+    aa = simulate_aa_tests(n_tests=size["aa_tests"], users_per_arm=200, impressions_per_user=20, base_ctr=base_ctr,
+                           user_heterogeneity=0.1, seed=seed)
+    aa_iid = simulate_aa_tests(n_tests=size["aa_tests"], users_per_arm=200, impressions_per_user=20, base_ctr=base_ctr,
+                               user_heterogeneity=0.0, seed=seed + 1)
+    peek = simulate_peeking(n_tests=size["aa_tests"], days=14, users_per_day_per_arm=100, base_ctr=base_ctr, seed=seed)
+
+    names = list(encoders)
+    agreement = study.order_agreement([offline[n]["nDCG@10"] for n in names], [metrics[n]["ctr"] for n in names])
+    ctr_ci = {}
+    for n in names:
+        m = metrics[n]
+        se = np.sqrt(m["ctr"] * (1 - m["ctr"]) / m["results_shown"])
+        ctr_ci[n] = (m["ctr"] - 1.96 * se, m["ctr"] + 1.96 * se)
+
+    ips_vs_plain = {
+        "offline_nDCG@10": {n: offline[n]["nDCG@10"] for n in ("SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks")},
+        "offline_gain": offline["SimCLR + IPS clicks"]["nDCG@10"] - offline["SimCLR + clicks"]["nDCG@10"],
+        "online_ctr": {n: metrics[n]["ctr"] for n in ("SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks")},
+        "online_test": _test_dict(two_proportion_test(
+            round(metrics["SimCLR + clicks"]["ctr"] * metrics["SimCLR + clicks"]["results_shown"]), metrics["SimCLR + clicks"]["results_shown"],
+            round(metrics["SimCLR + IPS clicks"]["ctr"] * metrics["SimCLR + IPS clicks"]["results_shown"]), metrics["SimCLR + IPS clicks"]["results_shown"])),
+    }
+    out = {
+        "benchmark": "online",
+        "command": "python -m visual_search.bench online",
+        "fast_mode": fast,
+        "seed": seed,
+        "setting": (f"{len(data.gallery.images):,}-image gallery ({data.gallery.name}), {len(data.query_images):,} query images; "
+                    f"graded set {len(data.evalset)} x {len(data.evalset.gallery_images)}; PBM users, examination 1/r, k={study.N_RANKS}"),
+        "sizes": size,
+        "click_model": {"examination": f"1/r^{model.eta:g}", "attractiveness_by_grade (population mean)": list(model.base),
+                        "user_propensity": f"Beta({model.propensity_a:g}, {model.propensity_b:g})"},
+        "position_bias": {
+            "true": pb["true"].tolist(), "swap": pb["swap"].tolist(), "em": pb["em"].tolist(), "naive": pb["naive"].tolist(),
+            "max_error_top10": pb["max_error"], "impressions": pb["impressions"], "swapped_impressions": pb["swapped_impressions"],
+            "swap_rate": pb["swap_rate"], "em_converged": pb["em_converged"], "click_pairs": int(len(pairs.query)),
+            "ips_weight_mean": float(weights.mean()), "ips_weight_max": float(weights.max()),
+        },
+        "ab": {"arms": metrics, "srm_p": ab["srm_p"], "click_rate_tests_vs_SimCLR": {k: _test_dict(v) for k, v in ab["tests"].items()},
+               "ctr_tests_vs_SimCLR": {k: _test_dict(v) for k, v in ab["ctr_tests"].items()}},
+        "offline": offline,
+        "offline_vs_online": {"nDCG@10": {n: offline[n]["nDCG@10"] for n in names}, "ctr": {n: metrics[n]["ctr"] for n in names},
+                              "ctr_ci95": {n: list(ctr_ci[n]) for n in names}, **agreement},
+        "ips_vs_unweighted": ips_vs_plain,
+        "power": power,
+        "aa": {"per_impression_fpr": aa.per_impression_fpr, "per_user_fpr": aa.per_user_fpr, "tests": aa.n_tests,
+               "user_heterogeneity": 0.1, "iid_per_impression_fpr": aa_iid.per_impression_fpr, "iid_per_user_fpr": aa_iid.per_user_fpr,
+               "base_ctr": base_ctr},
+        "peeking": {"fixed_horizon_fpr": peek.fixed_horizon_fpr, "peeking_fpr": peek.peeking_fpr,
+                    "stopped_by_day": peek.stopped_by_day.tolist(), "days": peek.days, "tests": peek.n_tests},
+        "service": {"searches": stats["searches"], "clicks": stats["clicks"], "index": stats["index"], "variants": stats["variants"]},
+        "timings_s": timings,
+        "machine": machine(torch_threads=torch.get_num_threads(), load_average=os.getloadavg()),
+    }
+    figs = {
+        "position_bias": plot_examination({"true": pb["true"], "RandPair swaps": pb["swap"], "EM": pb["em"], "naive click ratio": pb["naive"]},
+                                          f"Examination per rank, from {pb['impressions']:,} logged searches"),
+        "power": plot_power(curves, TARGET_POWER, "Power: A/B tests vs team-draft interleaving"),
+        "peeking": plot_peeking(peek.stopped_by_day, peek.fixed_horizon_fpr, peek.alpha,
+                                {"per impression\n(ρ = 0.1)": aa.per_impression_fpr, "per user\n(ρ = 0.1)": aa.per_user_fpr,
+                                 "per impression\n(ρ = 0)": aa_iid.per_impression_fpr},
+                                f"{aa.n_tests:,} A/A tests at CTR {base_ctr:.3f}"),
+        "offline_vs_online": plot_offline_online({n: offline[n]["nDCG@10"] for n in names}, {n: metrics[n]["ctr"] for n in names}, ctr_ci,
+                                                 title=f"Offline vs online (Kendall τ = {agreement['kendall_tau']:.2f})"),
+    }
+    out["figures"] = {}
+    for what, fig in figs.items():
+        out["figures"][what] = relative(save_figure(fig, f"bench_online_{what}"))
+        plt.close(fig)
+    path = write_result("bench_online", out)
+    print(f"wrote {path}")
+    return out
