@@ -181,8 +181,6 @@ def test_bad_weights_are_refused_before_training(tiny_data, pairs, recorded, wei
     assert "8" in str(err.value)  # names the count it expected
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, TypeError), reason="finetune_on_clicks (online/study.py:195) converts weights with np.asarray(dtype=float) "
-                   "unguarded: non-numeric weights raise ValueError/TypeError, not OnlineError")
 @pytest.mark.parametrize("weights", [["a"] * 8, [object()] * 8])
 def test_non_numeric_weights_are_refused_with_an_online_error(tiny_data, pairs, recorded, weights):
     with pytest.raises(OnlineError, match="weights"):

@@ -104,7 +104,10 @@ class Experiment:
         self.service, self.name, self.mode, self.swap_mode = service, name, mode, swap_mode
         self.arms: dict[str, str | None] = dict(arms)
         self.labels = tuple(self.arms)
-        self.weights = None if weights is None else tuple(weights)
+        try:
+            self.weights = None if weights is None else tuple(weights)
+        except TypeError:
+            raise OnlineError(f"weights: expected one traffic share per arm, got {weights!r}") from None
         if mode == "ab" and len(self.labels) > 1:
             assign("check", name, self.labels, self.weights)  # bad weights fail now, naming them, not at the first search
         self._rng = np.random.default_rng(check_seed(seed, error=OnlineError))

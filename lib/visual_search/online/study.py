@@ -192,7 +192,10 @@ def finetune_on_clicks(base: Encoder, data: StudyData, pairs: ClickPairs, weight
     n = len(pairs.query)
     order = np.arange(n)
     if weights is not None:
-        w = np.asarray(weights, dtype=float)
+        try:
+            w = np.asarray(weights, dtype=float)
+        except (TypeError, ValueError):
+            raise OnlineError(f"weights: expected {n} numbers, got {type(weights).__name__}") from None
         if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise OnlineError(f"weights: expected {n} finite non-negative weights with a positive sum, got shape {w.shape}")
         order = np.random.default_rng(seed).choice(n, size=n, p=w / w.sum())

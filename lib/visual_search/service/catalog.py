@@ -332,6 +332,8 @@ class Catalog:
     def log_query(self, query_id: str, user: str | None, model_version: str, shown: Sequence[int],
                   experiment: dict | None = None) -> None:
         """Record what one search showed, in order, and what an experiment did to it (JSON-able, or None)."""
+        if experiment is not None and not isinstance(experiment, dict):
+            raise ServiceError(f"experiment {experiment!r}: expected a JSON object (a dict) or None")
         try:
             extra = None if experiment is None else json.dumps(experiment, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as err:

@@ -348,6 +348,8 @@ class VisualSearchService:
         user = check_name(user, "user")
         if not isinstance(model_version, str) or not model_version or not model_version.isprintable():
             raise ServiceError(f"model_version: expected a non-empty printable string, got {model_version!r}")
+        if not isinstance(shown, (Sequence, np.ndarray)) or isinstance(shown, (str, bytes)):
+            raise ServiceError(f"shown: expected a list of image ids, got {type(shown).__name__}")
         ids = [check_int(i, "shown id", low=0, error=ServiceError) for i in shown]
         if len(ids) > 2 * MAX_K or len(set(ids)) != len(ids):
             raise ServiceError(f"shown: expected at most {2 * MAX_K} distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
