@@ -137,6 +137,32 @@ def test_serve_bench_runs_every_section_against_a_live_server(out_dirs):
     assert hostile["all_name_problem"], [c for c in hostile["cases"] if not c["names_problem"]]
 
 
+def test_online_bench_runs_every_step_on_the_real_service(out_dirs):
+    """Fast mode: the sample gallery, six rankers served side by side, every step read back from the service's log."""
+    from visual_search.online.study import N_RANKS, RANKERS
+
+    results, figures = out_dirs
+    out = bench.online.run(seed=0)
+    _check_outputs(out, results, figures, "bench_online")
+    assert out["fast_mode"] is True and set(out["figures"]) == {"position_bias", "power", "peeking", "offline_vs_online"}
+    pb = out["position_bias"]
+    assert len(pb["true"]) == len(pb["swap"]) == len(pb["em"]) == N_RANKS and pb["swap"][0] == pb["em"][0] == 1.0
+    assert pb["swapped_impressions"] > 0 and pb["click_pairs"] > 0 and 1.0 <= pb["ips_weight_mean"] <= pb["ips_weight_max"] <= 10.0
+    arms = out["ab"]["arms"]
+    assert list(arms) == sorted(RANKERS) and all(arms[a]["queries"] > 0 for a in RANKERS) and 0 <= out["ab"]["srm_p"] <= 1
+    assert set(out["offline_vs_online"]["nDCG@10"]) == set(RANKERS) and -1 <= out["offline_vs_online"]["kendall_tau"] <= 1
+    for row in out["power"].values():
+        wins = row["interleaving"]
+        assert sum(wins.values()) == out["sizes"]["interleaving_users"]
+        assert set(row["queries_analytic"]) == {"ab_click_rate", "ab_per_query_ctr", "interleaving"}
+    # every search and click went through the service: its own counts hold them all
+    sizes = out["sizes"]
+    expected = sizes["position_users"] + sizes["ab_users_per_arm"] * len(RANKERS) + sizes["interleaving_users"] * len(out["power"])
+    assert out["service"]["searches"] == expected and out["service"]["clicks"] > 0
+    assert 0.0 <= out["aa"]["per_user_fpr"] <= 0.1 and out["aa"]["per_impression_fpr"] > out["aa"]["per_user_fpr"]
+    assert out["peeking"]["peeking_fpr"] > out["peeking"]["fixed_horizon_fpr"]
+
+
 def test_bench_cli_fast_flag_turns_on_fast_mode(out_dirs, monkeypatch):
     """``python -m visual_search.bench baseline --fast --seed 3`` from a shell where fast mode is off."""
     results, _ = out_dirs
@@ -157,7 +183,7 @@ def test_bench_cli_refuses_unknown_names_before_running_anything(out_dirs, monke
         bench.main(["baseline", "nonsense", "--fast"])
     assert "unknown benchmark" in capsys.readouterr().err
     assert not results.exists() and not config.is_fast()
-    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve"]
+    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve", "online"]
 
 
 def test_nothing_imports_bench():
