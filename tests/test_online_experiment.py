@@ -486,3 +486,51 @@ def test_simulated_users_drive_an_experiment(service, sample):
         assert list(row.shown) == imp["shown"] and row.clicked_ranks == tuple(imp["clicked_ranks"])
     assert summary.clicks == sum(len(by_id[i["query_id"]].clicked_ranks) for i in summary.impressions)
     json.dumps(log_metrics([by_id[i["query_id"]] for i in summary.impressions], by="variant"))  # plain numbers
+
+
+def test_a_double_click_counts_once_for_interleaving(own_service, sample):
+    own_service.add_variant("pixels", raw_pixel_encoder())
+    exp = Experiment(own_service, "dbl", {"simclr": None, "pixels": "pixels"}, mode="interleave", seed=3)
+    response = exp.search(sample.query_images[5], k=K, user="d")
+    teams = logged(own_service, response.query_id).experiment["teams"]
+    pos = teams.index("b")
+    for _ in range(2):  # the same result clicked twice: two click rows, one credit
+        exp.click(response.query_id, ids(response)[pos], pos + 1)
+    assert interleaving_outcomes(own_service.catalog, experiment="dbl") == ["b"]
+
+
+def test_malformed_variants_and_swap_modes_in_the_log_are_named(own_service):
+    own_service.log_impression("u", "m", list(range(10)), {"experiment": "e", "variant": ["a"]})
+    with pytest.raises(OnlineError, match="variant .* must be a string"):
+        log_metrics(own_service.catalog, by="variant")
+    good = own_service.log_impression("u", "m", list(range(10)), {"experiment": "s", "variant": "x", "swap": 3, "swap_mode": "sideways"})
+    with pytest.raises(OnlineError, match=f"{good}.*swap_mode 'sideways'"):
+        swap_rows(own_service.catalog, experiment="s")
+
+
+def test_variants_are_copied_on_write(own_service, sample):
+    """A reader's snapshot of the variants never changes under it: add and remove replace the mapping."""
+    before = own_service._variants
+    own_service.add_variant("second", raw_pixel_encoder())
+    assert own_service._variants is not before and "second" not in before
+    snapshot = own_service._variants
+    own_service.remove_variant("second")
+    assert "second" in snapshot and "second" not in own_service.variants
+    with pytest.raises(ServiceError, match="second"):
+        own_service.remove_variant("second")
+
+
+def test_a_migration_interrupted_after_the_alter_still_opens(tmp_path):
+    """The column exists but the version was never bumped (a crash in between): the next open must not fail."""
+    Catalog(tmp_path / "c.sqlite3").close()
+    conn = sqlite3.connect(tmp_path / "c.sqlite3")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    cat = Catalog(tmp_path / "c.sqlite3")
+    cat.log_query("Q", "u", "m", [1], {"experiment": "e", "variant": "a"})
+    assert read_impressions(cat)[0].experiment == {"experiment": "e", "variant": "a"}
+    cat.close()
+    conn = sqlite3.connect(tmp_path / "c.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()

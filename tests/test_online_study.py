@@ -235,3 +235,23 @@ def test_offline_scores_of_raw_pixels_match_the_reference_ranking(evalset):
     for key in want:
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert 0 < got["nDCG@10"] <= 1
+
+
+def test_ips_clips_an_estimate_that_left_zero_to_one():
+    pairs = ClickPairs(np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([1, 2, 3]))
+    np.testing.assert_allclose(ips(pairs, [1.0, 0.0, 1.3]), [1.0, 10.0, 1.0])  # no clicks at rank 2; noise above 1 at rank 3
+
+
+def test_mean_diff_test_is_welch():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.10, 0.05, 300), rng.normal(0.11, 0.07, 200)
+    summary = lambda x: {"mean": x.mean(), "var": x.var(ddof=1), "n": len(x)}  # noqa: E731
+    got = study.mean_diff_test(summary(a), summary(b))
+    ref = stats.ttest_ind(b, a, equal_var=False)
+    assert got.p_value == pytest.approx(ref.pvalue) and got.diff == pytest.approx(b.mean() - a.mean())
+    ci = ref.confidence_interval(0.95)
+    assert got.ci == pytest.approx((ci.low, ci.high))
+    with pytest.raises(OnlineError, match="at least 2 queries"):
+        study.mean_diff_test({"mean": 0.1, "var": 0.0, "n": 1}, summary(b))

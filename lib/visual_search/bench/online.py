@@ -66,7 +66,7 @@ def _test_dict(t) -> dict:
 
 def run(seed: int = 0) -> dict:
     """Run the study (module docstring); write the JSON and the four figures. Returns the JSON."""
-    from visual_search.online import simulate_aa_tests, simulate_peeking, study, two_proportion_test
+    from visual_search.online import simulate_aa_tests, simulate_peeking, study
     from visual_search.online.plots import plot_examination, plot_offline_online, plot_peeking, plot_power
     from visual_search.online.power import (
         ab_mean_power_curve,
@@ -168,20 +168,15 @@ def run(seed: int = 0) -> dict:
     peek = simulate_peeking(n_tests=size["aa_tests"], days=14, users_per_day_per_arm=100, base_ctr=base_ctr, seed=seed)
 
     names = list(encoders)
-    agreement = study.order_agreement([offline[n]["nDCG@10"] for n in names], [metrics[n]["ctr"] for n in names])
-    ctr_ci = {}
-    for n in names:
-        m = metrics[n]
-        se = np.sqrt(m["ctr"] * (1 - m["ctr"]) / m["results_shown"])
-        ctr_ci[n] = (m["ctr"] - 1.96 * se, m["ctr"] + 1.96 * se)
+    agreement = study.order_agreement([offline[n]["nDCG@10"] for n in names], [ab["per_query_ctr"][n]["mean"] for n in names])
+    per_query = ab["per_query_ctr"]  # one query per user: the per-query CTR's interval is the honest one
+    ctr_ci = {n: tuple(per_query[n]["ci95"]) for n in names}
 
     ips_vs_plain = {
         "offline_nDCG@10": {n: offline[n]["nDCG@10"] for n in ("SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks")},
         "offline_gain": offline["SimCLR + IPS clicks"]["nDCG@10"] - offline["SimCLR + clicks"]["nDCG@10"],
-        "online_ctr": {n: metrics[n]["ctr"] for n in ("SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks")},
-        "online_test": _test_dict(two_proportion_test(
-            round(metrics["SimCLR + clicks"]["ctr"] * metrics["SimCLR + clicks"]["results_shown"]), metrics["SimCLR + clicks"]["results_shown"],
-            round(metrics["SimCLR + IPS clicks"]["ctr"] * metrics["SimCLR + IPS clicks"]["results_shown"]), metrics["SimCLR + IPS clicks"]["results_shown"])),
+        "online_per_query_ctr": {n: per_query[n]["mean"] for n in ("SimCLR", "SimCLR + clicks", "SimCLR + IPS clicks")},
+        "online_test (per-query CTR, Welch)": _test_dict(study.mean_diff_test(per_query["SimCLR + clicks"], per_query["SimCLR + IPS clicks"])),
     }
     out = {
         "benchmark": "online",
@@ -191,7 +186,7 @@ def run(seed: int = 0) -> dict:
         "setting": (f"{len(data.gallery.images):,}-image gallery ({data.gallery.name}), {len(data.query_images):,} query images; "
                     f"graded set {len(data.evalset)} x {len(data.evalset.gallery_images)}; PBM users, examination 1/r, k={study.N_RANKS}"),
         "sizes": size,
-        "click_model": {"examination": f"1/r^{model.eta:g}", "attractiveness_by_grade (population mean)": list(model.base),
+        "click_model": {"examination": f"1/r^{model.eta:g}", "attractiveness_by_grade (user of mean propensity)": list(model.base),
                         "user_propensity": f"Beta({model.propensity_a:g}, {model.propensity_b:g})"},
         "position_bias": {
             "true": pb["true"].tolist(), "swap": pb["swap"].tolist(), "em": pb["em"].tolist(), "naive": pb["naive"].tolist(),
@@ -200,10 +195,12 @@ def run(seed: int = 0) -> dict:
             "ips_weight_mean": float(weights.mean()), "ips_weight_max": float(weights.max()),
         },
         "ab": {"arms": metrics, "srm_p": ab["srm_p"], "click_rate_tests_vs_SimCLR": {k: _test_dict(v) for k, v in ab["tests"].items()},
-               "ctr_tests_vs_SimCLR": {k: _test_dict(v) for k, v in ab["ctr_tests"].items()}},
+               "per_query_ctr_tests_vs_SimCLR": {k: _test_dict(v) for k, v in ab["ctr_tests"].items()},
+               "per_query_ctr": ab["per_query_ctr"]},
         "offline": offline,
         "offline_vs_online": {"nDCG@10": {n: offline[n]["nDCG@10"] for n in names}, "ctr": {n: metrics[n]["ctr"] for n in names},
-                              "ctr_ci95": {n: list(ctr_ci[n]) for n in names}, **agreement},
+                              "per_query_ctr": {n: per_query[n]["mean"] for n in names},
+                              "per_query_ctr_ci95": {n: list(ctr_ci[n]) for n in names}, **agreement},
         "ips_vs_unweighted": ips_vs_plain,
         "power": power,
         "aa": {"per_impression_fpr": aa.per_impression_fpr, "per_user_fpr": aa.per_user_fpr, "tests": aa.n_tests,
@@ -223,7 +220,8 @@ def run(seed: int = 0) -> dict:
                                 {"per impression\n(ρ = 0.1)": aa.per_impression_fpr, "per user\n(ρ = 0.1)": aa.per_user_fpr,
                                  "per impression\n(ρ = 0)": aa_iid.per_impression_fpr},
                                 f"{aa.n_tests:,} A/A tests at CTR {base_ctr:.3f}"),
-        "offline_vs_online": plot_offline_online({n: offline[n]["nDCG@10"] for n in names}, {n: metrics[n]["ctr"] for n in names}, ctr_ci,
+        "offline_vs_online": plot_offline_online({n: offline[n]["nDCG@10"] for n in names}, {n: per_query[n]["mean"] for n in names}, ctr_ci,
+                                                 ylabel="online CTR (mean per query, 95% CI)",
                                                  title=f"Offline vs online (Kendall τ = {agreement['kendall_tau']:.2f})"),
     }
     out["figures"] = {}

@@ -14,8 +14,8 @@ log alone is enough to analyse the experiment afterwards (``online.logs``):
   with the teams named by ``"a"`` (the first arm) and ``"b"``.
 * ``swap_rate`` (A/B mode): a RandPair intervention (Wang et al. 2016; Joachims et al.
   2017): with that probability an impression has rank 1 swapped with a rank k drawn
-  uniformly from 2..``swap_depth`` (``swap_mode="first"``), or k-1 with k
-  (``"adjacent"``). Logged as ``"swap": k, "swap_mode": mode``; ``position_bias``
+  uniformly from 2..min(``swap_depth``, results shown) (``swap_mode="first"``), or k-1
+  with k (``"adjacent"``); so search with k >= ``swap_depth`` for every depth to be swapped. Logged as ``"swap": k, "swap_mode": mode``; ``position_bias``
   turns those impressions into the examination curve. The cost is a slightly worse
   list for a small share of users, which is why the rate is kept low in production.
 

@@ -194,7 +194,12 @@ def log_metrics(source: str | Path | Catalog | Sequence[Impression],
     elif by == "user":
         key = lambda i: i.user  # noqa: E731
     elif by == "variant":
-        key = lambda i: None if i.experiment is None or "teams" in i.experiment else i.experiment.get("variant")  # noqa: E731
+        def key(i: Impression) -> str | None:
+            if i.experiment is None or "teams" in i.experiment or "variant" not in i.experiment:
+                return None
+            if not isinstance(i.experiment["variant"], str):
+                raise OnlineError(f"queries row {i.query_id!r}: variant {i.experiment['variant']!r} must be a string")
+            return i.experiment["variant"]
     elif callable(by):
         key = lambda i: by(i.user)  # noqa: E731
     else:
@@ -231,7 +236,7 @@ def interleaving_outcomes(source: str | Path | Catalog | Sequence[Impression], e
         teams = imp.experiment["teams"]
         if not isinstance(teams, str) or len(teams) != len(imp.shown) or set(teams) - {"a", "b"}:
             raise OnlineError(f"queries row {imp.query_id!r}: teams {teams!r} must be one 'a' or 'b' per shown result ({len(imp.shown)})")
-        out.append(interleaving_winner(list(teams), [r - 1 for r in imp.clicked_ranks]))
+        out.append(interleaving_winner(list(teams), sorted({r - 1 for r in imp.clicked_ranks})))  # a double click counts once
     if not out:
         raise OnlineError("log: no interleaved impression" + (f" of experiment {experiment!r}" if experiment else ""))
     return out
@@ -263,6 +268,11 @@ def swap_rows(source: str | Path | Catalog | Sequence[Impression], n_ranks: int 
     swapped = [i for i in kept if "swap" in i.experiment]
     if not swapped:
         raise OnlineError("log: no impression with a RandPair swap" + (f" in experiment {experiment!r}" if experiment else ""))
+    from visual_search.online.position_bias import SWAP_MODES
+
+    for imp in swapped:
+        if imp.experiment.get("swap_mode") not in SWAP_MODES:
+            raise OnlineError(f"queries row {imp.query_id!r}: swap_mode {imp.experiment.get('swap_mode')!r} must be one of {SWAP_MODES}")
     modes = {i.experiment.get("swap_mode") for i in swapped}
     if len(modes) != 1:
         raise OnlineError(f"log: swaps of several modes {sorted(map(str, modes))}; estimate each experiment separately")

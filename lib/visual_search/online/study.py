@@ -184,10 +184,13 @@ def finetune_on_clicks(base: Encoder, data: StudyData, pairs: ClickPairs, weight
                        batch_size: int, seed: int = 0, progress: bool = True) -> Encoder:
     """A copy of ``base`` fine-tuned contrastively on click pairs (``train.finetune_on_pairs``).
 
-    ``weights`` (e.g. ``ips_weights``) are applied by resampling the pairs with
-    probability proportional to them, the same number of pairs as the log holds: in
-    expectation the same loss as weighting each pair's term, with the optimiser, batch
-    size and step count of the unweighted run. None: the pairs as logged.
+    ``weights`` (e.g. ``ips_weights``) are applied by resampling the pairs, with
+    replacement, with probability proportional to them, as many pairs as the log holds,
+    so the optimiser, batch size and step count are the unweighted run's. For a loss
+    that is a sum of per-pair terms this is, in expectation, the self-normalised
+    weighted loss; NT-Xent's in-batch negatives make it an approximation (a heavy pair
+    can meet its own copy in a batch, and fewer distinct pairs are seen, about
+    ``sum(w)**2 / sum(w**2)``). None: the pairs as logged.
     """
     n = len(pairs.query)
     order = np.arange(n)
@@ -206,18 +209,54 @@ def finetune_on_clicks(base: Encoder, data: StudyData, pairs: ClickPairs, weight
 
 
 def ips(pairs: ClickPairs, theta: np.ndarray, max_weight: float = 10.0) -> np.ndarray:
-    """Clipped inverse-propensity weights of each pair's click rank, from an estimated curve."""
+    """Clipped inverse-propensity weights of each pair's click rank, from an estimated curve.
+
+    An estimate can leave [0, 1] (a deep rank with no swapped clicks gives 0, noise can push a
+    ratio above 1), so it is clipped to ``[1 / max_weight, 1]`` first: the same weights as
+    ``ips_weights`` wherever the estimate is a valid propensity.
+    """
+    theta = np.clip(np.asarray(theta, dtype=float), 1.0 / max_weight, 1.0)
     return ips_weights(pairs.rank, theta, max_weight=max_weight)
+
+
+@dataclass(frozen=True)
+class MeanDiffTest:
+    """Welch's test of a per-query mean metric, B against A: ``diff`` (b - a), its ``ci`` and ``p_value``."""
+
+    diff: float
+    ci: tuple[float, float]
+    p_value: float
+    significant: bool
+
+
+def mean_diff_test(a: Mapping[str, float], b: Mapping[str, float], alpha: float = 0.05) -> MeanDiffTest:
+    """Welch's t-test and interval for ``b["mean"] - a["mean"]`` from ``{"mean", "var", "n"}`` summaries."""
+    from scipy import stats
+
+    from visual_search.online.ab import _welch
+
+    for arm, m in (("a", a), ("b", b)):
+        if m["n"] < 2:
+            raise OnlineError(f"arm {arm}: a per-query test needs at least 2 queries, got {m['n']}")
+    _, df, p = _welch(a["mean"], a["var"], a["n"], b["mean"], b["var"], b["n"])
+    diff = float(b["mean"] - a["mean"])
+    half = float(stats.t.ppf(1 - alpha / 2, df) * np.sqrt(a["var"] / a["n"] + b["var"] / b["n"]))
+    return MeanDiffTest(diff, (diff - half, diff + half), float(p), bool(p < alpha))
 
 
 def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arms: Mapping[str, str | None],
            users_per_arm: int, control: str, seed: int = 0, name: str = "ab") -> dict:
     """A multi-arm A/B test: ``users_per_arm * len(arms)`` users, each hashed to one arm, one search each.
 
-    Returns ``{"metrics": {arm: log_metrics}, "srm_p": chi-square p of the split,
-    "tests": {arm: two-proportion test of click rate (queries with a click) against control},
-    "ctr_tests": {arm: the same on CTR (clicked results / results), pooled over results},
-    "per_query_ctr": {arm: {"mean", "var", "n"} of each query's CTR}}``, all read from the service's log.
+    Each user searches once, so a query is a user: the unit of randomisation. Returns
+    ``{"metrics": {arm: log_metrics}, "srm_p": chi-square p of the split,
+    "tests": {arm: two-proportion z-test of click rate (queries with a click) against control},
+    "ctr_tests": {arm: Welch's test of per-query CTR against control (not the pooled per-result
+    z-test, which would treat a page's 10 results as independent trials)},
+    "per_query_ctr": {arm: {"mean", "var", "n", "ci95"} of each query's CTR}}``, all read from the service's log.
+
+    Raises:
+        OnlineError: ``control`` is not an arm, or an arm got fewer than 2 users.
     """
     if control not in arms:
         raise OnlineError(f"control {control!r} is not one of the arms {list(arms)}")
@@ -227,21 +266,26 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
     impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
     metrics = log_metrics(impressions, by="variant")
     labels = list(arms)
-    counts = [metrics[a]["queries"] if a in metrics else 0 for a in labels]
-    tests, ctr_tests = {}, {}
-    c = metrics[control]
-    for arm in labels:
-        if arm == control or arm not in metrics:
-            continue
-        m = metrics[arm]
-        tests[arm] = two_proportion_test(round(c["click_rate"] * c["queries"]), c["queries"], round(m["click_rate"] * m["queries"]), m["queries"])
-        ctr_tests[arm] = two_proportion_test(round(c["ctr"] * c["results_shown"]), c["results_shown"],
-                                             round(m["ctr"] * m["results_shown"]), m["results_shown"])
+    short = {a: metrics[a]["queries"] if a in metrics else 0 for a in labels}
+    short = {a: n for a, n in short.items() if n < 2}
+    if short:
+        raise OnlineError(f"arms {short}: fewer than 2 users each; give the experiment more users")
+    counts = [metrics[a]["queries"] for a in labels]
     per_query = {}
     for arm in labels:
         t = query_table([i for i in impressions if i.experiment.get("variant") == arm])
         ctr = t["clicked"][t["shown"] > 0] / t["shown"][t["shown"] > 0]
-        per_query[arm] = {"mean": float(ctr.mean()), "var": float(ctr.var(ddof=1)), "n": int(len(ctr))}
+        mean, var, n = float(ctr.mean()), float(ctr.var(ddof=1)), int(len(ctr))
+        half = 1.96 * float(np.sqrt(var / n))
+        per_query[arm] = {"mean": mean, "var": var, "n": n, "ci95": (mean - half, mean + half)}
+    tests, ctr_tests = {}, {}
+    c = metrics[control]
+    for arm in labels:
+        if arm == control:
+            continue
+        m = metrics[arm]
+        tests[arm] = two_proportion_test(round(c["click_rate"] * c["queries"]), c["queries"], round(m["click_rate"] * m["queries"]), m["queries"])
+        ctr_tests[arm] = mean_diff_test(per_query[control], per_query[arm])
     return {"metrics": metrics, "srm_p": srm_test(counts, [1.0] * len(labels)), "tests": tests, "ctr_tests": ctr_tests,
             "per_query_ctr": per_query}
 
@@ -270,6 +314,6 @@ def order_agreement(offline: Sequence[float], online: Sequence[float]) -> dict:
 
 
 __all__ = [
-    "N_RANKS", "RANKERS", "ClickPairs", "StudyData", "click_pairs", "finetune_on_clicks", "ips", "measure_position_bias",
+    "N_RANKS", "RANKERS", "ClickPairs", "MeanDiffTest", "StudyData", "mean_diff_test", "click_pairs", "finetune_on_clicks", "ips", "measure_position_bias",
     "offline_scores", "order_agreement", "rankers", "run_ab", "run_interleaving", "sizes", "study_data",
 ]

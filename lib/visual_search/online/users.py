@@ -165,16 +165,19 @@ class UserPopulation:
     ``a / (a + b)``; the default Beta(0.5, 1.5) has mean 0.25 and puts many users near 0), drawn from a generator seeded by the population's ``seed`` and the
     user id, so the same user always behaves the same way; their click model is the PBM
     with ``attractiveness[g] = min(1, c_u * scale * base[g])``, where ``scale`` is
-    ``1 / mean propensity`` so the population's average click probability matches ``base``.
+    ``1 / mean propensity``: the user of mean propensity clicks exactly as ``base`` says (the
+    clip at 1 pulls the population's mean below ``base`` for the high grades).
 
     Because everyone shares ``examination(r) = 1 / r ** eta``, the PBM holds for every
     user with the same curve, and ``examination_curve`` is the truth a position-bias
     estimator should recover. Calling the population with a user id returns that user's
     ``PositionBasedModel``: ``run_simulated_users(target, population, ...)``.
 
-    This heterogeneity is what makes A/B tests slow: it adds between-user variance to
-    every arm's CTR, while interleaving compares both rankers inside each user's own
-    query and cancels it.
+    Heterogeneity is what the literature credits for interleaving's advantage: an A/B
+    test's per-user metric carries the between-user variance (when users search more than
+    once, it does not average away), while interleaving compares both rankers inside each
+    user's own query. Low-propensity users also produce more tied queries, which costs
+    interleaving, so the net effect on the two designs is an empirical question.
     """
 
     eta: float = 1.0

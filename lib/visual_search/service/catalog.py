@@ -155,8 +155,15 @@ class Catalog:
                 raise ServiceError(f"{self.path}: catalog schema version {version} is newer than this code's {SCHEMA_VERSION}")
             with conn:
                 conn.executescript(_SCHEMA)
-                if version == 1:  # schema 1 lacked queries.experiment (CREATE ... IF NOT EXISTS keeps the old table)
-                    conn.execute("ALTER TABLE queries ADD COLUMN experiment TEXT")
+                # schema 1 lacked queries.experiment (CREATE ... IF NOT EXISTS keeps an old table as it is). Keyed on
+                # the column, not the version: a crash between ALTER and the version bump, or two processes opening
+                # one old file at once, must not fail the next open.
+                if "experiment" not in {row[1] for row in conn.execute("PRAGMA table_info(queries)")}:
+                    try:
+                        conn.execute("ALTER TABLE queries ADD COLUMN experiment TEXT")
+                    except sqlite3.OperationalError as err:
+                        if "duplicate column" not in str(err):
+                            raise
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as err:
             raise ServiceError(f"{self.path}: not a catalog database ({err})") from None

@@ -163,7 +163,7 @@ class VisualSearchService:
         self._latency_lock = threading.Lock()  # stats() copies the deque while searches append to it
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
-        self._variants: dict[str, _Active] = {}
+        self._variants: dict[str, _Active] = {}  # copy-on-write under the writer lock: readers take one snapshot
 
         embedder = EmbeddingService(encoder)
         self.startup: dict[str, Any] = {}
@@ -407,16 +407,22 @@ class VisualSearchService:
         pixels = active.embedder.decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
         pixels = stored_form(pixels)  # what is stored is what is embedded, now and by any later re-embedding
         vector = active.embedder.embed_pixels(pixels)
+        variants = self._variants
+        others = {name: v.embedder.embed_pixels(pixels) for name, v in variants.items()}  # each variant's own model
         with self._writer:
             if self._active is not active:  # a swap landed while we embedded: use the new model
                 active = self._active
                 vector = active.embedder.embed_pixels(pixels)
+            if self._variants is not variants:  # a variant came or went meanwhile: embed for the ones serving now
+                before, variants = variants, self._variants
+                others = {name: others[name] if before.get(name) is v else v.embedder.embed_pixels(pixels)
+                          for name, v in variants.items()}
+            # every vector is computed before the first write: a failing encoder changes nothing
             digest = self.blobs.put(pixels, durable=True)
             (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, "upload", owner, bool(private))])
             active.neighbours.index.add(vector[None], np.array([image_id]), model_version=active.embedder.model_version)
-            for other in self._variants.values():  # each variant embeds it with its own model
-                other.neighbours.index.add(other.embedder.embed_pixels(pixels)[None], np.array([image_id]),
-                                           model_version=other.embedder.model_version)
+            for name, other in variants.items():
+                other.neighbours.index.add(others[name][None], np.array([image_id]), model_version=other.embedder.model_version)
         return image_id
 
     def delete(self, image_id: int) -> None:
@@ -452,12 +458,14 @@ class VisualSearchService:
     @property
     def variants(self) -> dict[str, str]:
         """``{variant name: model version}`` of the models served beside the main one."""
-        return {name: v.embedder.model_version for name, v in self._variants.items()}
+        return {name: v.embedder.model_version for name, v in self._variants.items()}  # a snapshot: never mutated
 
     def _variant(self, name: object) -> _Active:
-        if not isinstance(name, str) or name not in self._variants:
-            raise ServiceError(f"variant {name!r}: not served here; the variants are {sorted(self._variants)} (or none, for the main model)")
-        return self._variants[name]
+        variants = self._variants  # one snapshot: a concurrent remove cannot make the lookup fail half-way
+        found = variants.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise ServiceError(f"variant {name!r}: not served here; the variants are {sorted(variants)} (or none, for the main model)")
+        return found
 
     def add_variant(self, name: str, encoder: Encoder) -> str:
         """Serve ``encoder`` beside the main model as variant ``name``: ``search(..., variant=name)``.
@@ -481,7 +489,7 @@ class VisualSearchService:
         with self._writer:
             ids, vectors = self._embed_catalog(embedder, self.catalog.hashes())
             index = self.spec.build(vectors, ids, embedder.model_version)
-            self._variants[name] = _Active(embedder, self._neighbours(index))
+            self._variants = {**self._variants, name: _Active(embedder, self._neighbours(index))}
         return embedder.model_version
 
     def remove_variant(self, name: str) -> None:
@@ -490,9 +498,9 @@ class VisualSearchService:
         Raises:
             ServiceError: no such variant.
         """
-        self._variant(name)
         with self._writer:
-            del self._variants[name]
+            self._variant(name)
+            self._variants = {k: v for k, v in self._variants.items() if k != name}
 
     # ------------------------------------------------------------------- swap
     @property
