@@ -151,13 +151,15 @@ def test_online_bench_runs_every_step_on_the_real_service(out_dirs):
     arms = out["ab"]["arms"]
     assert list(arms) == sorted(RANKERS) and all(arms[a]["queries"] > 0 for a in RANKERS) and 0 <= out["ab"]["srm_p"] <= 1
     assert set(out["offline_vs_online"]["nDCG@10"]) == set(RANKERS) and -1 <= out["offline_vs_online"]["kendall_tau"] <= 1
+    sizes = out["sizes"]
     for row in out["power"].values():
         wins = row["interleaving"]
-        assert sum(wins.values()) == out["sizes"]["interleaving_users"]
-        assert set(row["queries_analytic"]) == {"ab_click_rate", "ab_per_query_ctr", "interleaving"}
+        assert sum(wins.values()) == sizes["interleaving_users"] * sizes["searches_per_user"]  # one outcome per query
+        assert set(row["queries_analytic"]) == {"ab_per_user_ctr", "ab_per_user_click_rate", "interleaving"}
+        assert sum(row["ab_users_per_arm"].values()) == 2 * sizes["power_users_per_arm"]
     # every search and click went through the service: its own counts hold them all
-    sizes = out["sizes"]
-    expected = sizes["position_users"] + sizes["ab_users_per_arm"] * len(RANKERS) + sizes["interleaving_users"] * len(out["power"])
+    per_pair = 2 * sizes["power_users_per_arm"] * sizes["searches_per_user"] + sizes["interleaving_users"] * sizes["searches_per_user"]
+    expected = sizes["position_users"] + sizes["ab_users_per_arm"] * len(RANKERS) + per_pair * len(out["power"])
     assert out["service"]["searches"] == expected and out["service"]["clicks"] > 0
     assert 0.0 <= out["aa"]["per_user_fpr"] <= 0.1 and out["aa"]["per_impression_fpr"] > out["aa"]["per_user_fpr"]
     assert out["peeking"]["peeking_fpr"] > out["peeking"]["fixed_horizon_fpr"]

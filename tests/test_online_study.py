@@ -255,3 +255,50 @@ def test_mean_diff_test_is_welch():
     assert got.ci == pytest.approx((ci.low, ci.high))
     with pytest.raises(OnlineError, match="at least 2 queries"):
         study.mean_diff_test({"mean": 0.1, "var": 0.0, "n": 1}, summary(b))
+
+
+# ---------------------------------------------------------------------- run_ab per user, power_comparison
+def test_run_ab_summarises_per_user_when_users_search_repeatedly(tiny_data, tmp_path):
+    """With 3 searches per user the A/B unit is the user: per-user means over their own searches, from the log."""
+    from visual_search.online.logs import read_impressions
+    from visual_search.service.core import VisualSearchService
+
+    service = VisualSearchService(tmp_path / "d", load_pretrained(), gallery=tiny_data.gallery, progress=False)
+    try:
+        service.add_variant("pixels", raw_pixel_encoder())
+        out = study.run_ab(service, tiny_data, UserPopulation(), {"simclr": None, "pixels": "pixels"}, 10, control="simclr",
+                           name="rep", searches_per_user=3)
+        imps = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == "rep"]
+    finally:
+        service.close()
+    assert out["searches_per_user"] == 3 and len(imps) == 60
+    for arm in ("simclr", "pixels"):
+        mine = [i for i in imps if i.experiment["variant"] == arm]
+        users = sorted({i.user for i in mine})
+        per_user = [np.mean([len(set(i.clicked_ranks)) / len(i.shown) for i in mine if i.user == u]) for u in users]
+        assert out["per_user"][arm]["ctr"]["n"] == len(users) and out["per_query_ctr"][arm]["n"] == 3 * len(users)
+        assert out["per_user"][arm]["ctr"]["mean"] == pytest.approx(np.mean(per_user))
+        assert out["per_user"][arm]["ctr"]["var"] == pytest.approx(np.var(per_user, ddof=1))
+    assert set(out["ctr_tests"]) == {"pixels"}
+
+
+def _unit(mean, var, n=500):
+    return {"mean": mean, "var": var, "n": n, "ci95": (mean - 0.01, mean + 0.01)}
+
+
+def test_power_comparison_counts_queries_for_both_designs():
+    from visual_search.online.power import ab_mean_queries_for_power, interleaving_queries_for_power
+
+    ab = {"searches_per_user": 4, "per_user": {"a": {"ctr": _unit(0.10, 0.004), "click_rate": _unit(0.5, 0.05)},
+                                               "b": {"ctr": _unit(0.11, 0.004), "click_rate": _unit(0.5, 0.05)}}}
+    wins = {"a": 300, "b": 360, "tie": 340}
+    row, curves = study.power_comparison(ab, wins, "a", "b", n_sims=200)
+    n = row["queries_analytic"]
+    assert n["ab_per_user_ctr"] == 2 * 4 * ab_mean_queries_for_power(0.10, 0.004, 0.11, 0.004)
+    assert n["ab_per_user_click_rate"] is None and "no difference" in row["notes"]["ab_per_user_click_rate"]  # equal means
+    assert n["interleaving"] == interleaving_queries_for_power(300, 360, 340)
+    assert row["ratio_ab_to_interleaving"] == pytest.approx(n["ab_per_user_ctr"] / n["interleaving"])
+    assert set(curves) == {"A/B per-user ctr", "interleaving"}
+    ab_curve = curves["A/B per-user ctr"]
+    reached = ab_curve.ns[np.flatnonzero(ab_curve.power >= 0.8)[0]]
+    assert n["ab_per_user_ctr"] <= reached <= 1.2 * n["ab_per_user_ctr"]  # the curve counts queries, 4 per user

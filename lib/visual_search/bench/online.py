@@ -19,8 +19,10 @@ the steps):
    SimCLR + IPS clicks, supervised), users hashed to arms: per-arm CTR, click rate and
    first-click MRR; the sample-ratio check; z-tests against SimCLR.
 4. **Offline vs online:** each ranker's graded nDCG@10 beside its online CTR.
-5. **Interleaving vs A/B:** team-draft interleaving of two pairs on fresh users; the
-   queries each design needs for 80% power, analytic and simulated from the logged outcomes.
+5. **Interleaving vs A/B:** for two pairs, an A/B test and team-draft interleaving on
+   fresh users of the same population who search ``searches_per_user`` times each; the
+   queries each design needs for 80% power (A/B per user, its unit of randomisation;
+   interleaving per query), analytic and simulated from the logged outcomes.
 6. **A/A and peeking:** 1,000 simulated A/A tests analysed per impression and per user,
    and 1,000 peeked daily for 14 days, at the CTR the service logged.
 
@@ -35,12 +37,10 @@ import shutil
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from visual_search import config
 from visual_search.bench._common import machine, relative, write_result
-from visual_search.errors import OnlineError
 from visual_search.viz import save_figure
 
 #: The pairs compared by interleaving and by A/B (control first).
@@ -68,15 +68,6 @@ def run(seed: int = 0) -> dict:
     """Run the study (module docstring); write the JSON and the four figures. Returns the JSON."""
     from visual_search.online import simulate_aa_tests, simulate_peeking, study
     from visual_search.online.plots import plot_examination, plot_offline_online, plot_peeking, plot_power
-    from visual_search.online.power import (
-        ab_mean_power_curve,
-        ab_mean_queries_for_power,
-        ab_power_curve,
-        ab_queries_for_power,
-        interleaving_power_curve,
-        interleaving_queries_for_power,
-        queries_to_power,
-    )
     from visual_search.online.users import UserPopulation
     from visual_search.service.core import VisualSearchService
 
@@ -113,11 +104,14 @@ def run(seed: int = 0) -> dict:
                 ab = study.run_ab(service, data, model, arms, size["ab_users_per_arm"], control="SimCLR", seed=seed)
             with _timed(timings, "offline scores"):
                 offline = {name: study.offline_scores(enc, data.evalset) for name, enc in encoders.items()}
-            interleaving = {}
-            with _timed(timings, "interleaving"):
+            interleaving, ab_pairs = {}, {}
+            with _timed(timings, "power comparison (A/B and interleaving per pair)"):
                 for i, (a, b) in enumerate(PAIRS):
-                    interleaving[f"{a} vs {b}"] = study.run_interleaving(service, data, model, (a, arms[a]), (b, arms[b]),
-                                                                         size["interleaving_users"], seed=seed + i, name=f"il{i}")
+                    key = f"{a} vs {b}"
+                    ab_pairs[key] = study.run_ab(service, data, model, {a: arms[a], b: arms[b]}, size["power_users_per_arm"], control=a,
+                                                 seed=seed + 10 + i, name=f"abp{i}", searches_per_user=size["searches_per_user"])
+                    interleaving[key] = study.run_interleaving(service, data, model, (a, arms[a]), (b, arms[b]), size["interleaving_users"],
+                                                               seed=seed + i, name=f"il{i}", searches_per_user=size["searches_per_user"])
             stats = service.stats()
         finally:
             service.close()
@@ -125,40 +119,13 @@ def run(seed: int = 0) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     metrics = ab["metrics"]
-    # ---- power: A/B on click rate against interleaving, per pair ----------------------------
-    grid = np.unique(np.geomspace(20, 2e7, 60).astype(np.int64))
+    # ---- power: A/B (per user) against interleaving (per query), per pair ------------------
     power, curves = {}, {}
     for i, (a, b) in enumerate(PAIRS):
         key = f"{a} vs {b}"
-        wins = interleaving[key]
-        pa, pb_ = metrics[a]["click_rate"], metrics[b]["click_rate"]
-        qa, qb = ab["per_query_ctr"][a], ab["per_query_ctr"][b]
-        row: dict = {"ab_click_rate": {a: pa, b: pb_}, "ab_per_query_ctr": {a: qa, b: qb}, "interleaving": wins}
-        # queries in the whole experiment (A/B: both arms), analytic, per design; None where the measured difference is 0
-        row["queries_analytic"], row["notes"] = {}, {}
-        for what, fn, args in (("ab_click_rate", ab_queries_for_power, (pa, pb_)),
-                               ("ab_per_query_ctr", ab_mean_queries_for_power, (qa["mean"], qa["var"], qb["mean"], qb["var"])),
-                               ("interleaving", interleaving_queries_for_power, (wins["a"], wins["b"], wins["tie"]))):
-            try:
-                n = fn(*args, power=TARGET_POWER)
-                row["queries_analytic"][what] = 2 * n if what.startswith("ab_") else n
-            except OnlineError as err:
-                row["queries_analytic"][what] = None
-                row["notes"][what] = str(err)
-        ab_curve = ab_power_curve(pa, pb_, grid, n_sims=size["power_sims"], seed=seed + i) if pa != pb_ else None
-        il_curve = interleaving_power_curve(wins["a"], wins["b"], wins["tie"], grid, n_sims=size["power_sims"], seed=seed + i)
-        row["queries_simulated"] = {"ab_click_rate": queries_to_power(ab_curve, TARGET_POWER) if ab_curve else None,
-                                    "interleaving": queries_to_power(il_curve, TARGET_POWER)}
-        n = row["queries_analytic"]
-        best_ab = min((v for k, v in n.items() if k.startswith("ab_") and v), default=None)  # the A/B metric that needs fewer
-        row["ab_queries_best"] = best_ab
-        row["ratio_ab_to_interleaving"] = best_ab / n["interleaving"] if best_ab and n["interleaving"] else None
-        power[key] = row
-        if ab_curve is not None:
-            curves[f"A/B click rate, {key}"] = ab_curve
-        if qa["mean"] != qb["mean"]:
-            curves[f"A/B per-query CTR, {key}"] = ab_mean_power_curve(qa["mean"], qa["var"], qb["mean"], qb["var"], grid)
-        curves[f"interleaving, {key}"] = il_curve
+        power[key], pair_curves = study.power_comparison(ab_pairs[key], interleaving[key], a, b, TARGET_POWER,
+                                                         n_sims=size["power_sims"], seed=seed + i)
+        curves.update({f"{design}, {key}": curve for design, curve in pair_curves.items()})
     # ---- A/A and peeking, at the CTR the service logged for SimCLR -------------------------
     base_ctr = float(metrics["SimCLR"]["ctr"])
     aa = simulate_aa_tests(n_tests=size["aa_tests"], users_per_arm=200, impressions_per_user=20, base_ctr=base_ctr,

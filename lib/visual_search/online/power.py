@@ -83,8 +83,10 @@ def _mean_args(mean_a: float, var_a: float, mean_b: float, var_b: float) -> tupl
 
 
 def ab_mean_queries_for_power(mean_a: float, var_a: float, mean_b: float, var_b: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Queries per arm for a two-sample (Welch) test of a per-query mean metric, such as each query's CTR
-    (clicked results / results shown): ``(z_{1-alpha/2} + z_power)**2 (var_a + var_b) / (mean_b - mean_a)**2``.
+    """Units per arm for a two-sample (Welch) test of a mean metric, such as each query's CTR (clicked
+    results / results shown) or each user's mean CTR over their searches:
+    ``(z_{1-alpha/2} + z_power)**2 (var_a + var_b) / (mean_b - mean_a)**2``, where the means and
+    variances are over the unit (query or user).
 
     Raises:
         OnlineError: equal means, zero total variance, negative variances, bad alpha or power.
@@ -95,17 +97,24 @@ def ab_mean_queries_for_power(mean_a: float, var_a: float, mean_b: float, var_b:
     return int(np.ceil(z**2 * var / diff**2))
 
 
-def ab_mean_power_curve(mean_a: float, var_a: float, mean_b: float, var_b: float, ns: Sequence[int], alpha: float = 0.05) -> PowerCurve:
-    """Normal-approximation power of the two-sample test of a per-query mean with ``n // 2`` queries per arm,
-    at each total n of ``ns`` (``n_sims`` is 0: computed, not simulated).
+def ab_mean_power_curve(mean_a: float, var_a: float, mean_b: float, var_b: float, ns: Sequence[int], alpha: float = 0.05,
+                        queries_per_unit: int = 1) -> PowerCurve:
+    """Normal-approximation power of the two-sample test of a per-unit mean, at each total query count n of ``ns``
+    (``n_sims`` is 0: computed, not simulated).
+
+    The unit is what the means and variances are over: a query (``queries_per_unit=1``), or a
+    user who searches ``queries_per_unit`` times, whose per-user mean is the metric; either way
+    ``n // queries_per_unit // 2`` units go to each arm.
 
     Raises:
-        OnlineError: as ``ab_mean_queries_for_power``, or a bad grid.
+        OnlineError: as ``ab_mean_queries_for_power``, or a bad grid or ``queries_per_unit``.
     """
     diff, var = _mean_args(mean_a, var_a, mean_b, var_b)
     alpha, _ = _levels(alpha, 0.5)
+    per_unit = check_int(queries_per_unit, "queries_per_unit", low=1, error=OnlineError)
     grid = _grid(ns)
-    shift = diff / np.sqrt(var / (grid // 2))
+    units = np.maximum(grid // per_unit // 2, 1)
+    shift = diff / np.sqrt(var / units)
     z = stats.norm.ppf(1 - alpha / 2)
     return PowerCurve(grid, stats.norm.sf(z - shift) + stats.norm.cdf(-z - shift), 0, alpha)
 

@@ -55,13 +55,18 @@ N_RANKS = 10
 
 
 def sizes(fast: bool) -> dict:
-    """Every count of the study: full mode (the 60k train gallery, test-split queries) or fast mode (the sample)."""
+    """Every count of the study: full mode (the 60k train gallery, test-split queries) or fast mode (the sample).
+
+    ``position_users`` (one search each, RandPair swaps at ``swap_rate``), ``ab_users_per_arm`` (the six-arm
+    test, one search each), ``power_users_per_arm`` and ``interleaving_users`` (the power comparison, each user
+    searching ``searches_per_user`` times), graded-set subset, training epochs, simulation counts.
+    """
     if fast:
         return {"gallery": "sample", "position_users": 1500, "swap_rate": 0.3, "ab_users_per_arm": 150,
-                "interleaving_users": 400, "graded_queries": 100, "graded_gallery": 600, "supervised_epochs": 1,
+                "searches_per_user": 5, "power_users_per_arm": 60, "interleaving_users": 80, "graded_queries": 100, "graded_gallery": 600, "supervised_epochs": 1,
                 "click_epochs": 1, "click_batch": 128, "aa_tests": 1000, "power_sims": 500}
-    return {"gallery": "train", "position_users": 30_000, "swap_rate": 0.3, "ab_users_per_arm": 3_000,
-            "interleaving_users": 8_000, "graded_queries": None, "graded_gallery": None, "supervised_epochs": 2,
+    return {"gallery": "train", "position_users": 30_000, "swap_rate": 0.3, "ab_users_per_arm": 2_000,
+            "searches_per_user": 5, "power_users_per_arm": 1_200, "interleaving_users": 1_600, "graded_queries": None, "graded_gallery": None, "supervised_epochs": 2,
             "click_epochs": 2, "click_batch": 256, "aa_tests": 1000, "power_sims": 2000}
 
 
@@ -244,16 +249,25 @@ def mean_diff_test(a: Mapping[str, float], b: Mapping[str, float], alpha: float 
     return MeanDiffTest(diff, (diff - half, diff + half), float(p), bool(p < alpha))
 
 
-def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arms: Mapping[str, str | None],
-           users_per_arm: int, control: str, seed: int = 0, name: str = "ab") -> dict:
-    """A multi-arm A/B test: ``users_per_arm * len(arms)`` users, each hashed to one arm, one search each.
+def _summary(values: np.ndarray) -> dict:
+    mean, var, n = float(values.mean()), float(values.var(ddof=1)), int(len(values))
+    half = 1.96 * float(np.sqrt(var / n))
+    return {"mean": mean, "var": var, "n": n, "ci95": (mean - half, mean + half)}
 
-    Each user searches once, so a query is a user: the unit of randomisation. Returns
+
+def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arms: Mapping[str, str | None],
+           users_per_arm: int, control: str, seed: int = 0, name: str = "ab", searches_per_user: int = 1) -> dict:
+    """A multi-arm A/B test: ``users_per_arm * len(arms)`` users, each hashed to one arm, ``searches_per_user`` searches each.
+
+    The user is the unit of randomisation. With one search each, a query is a user, and
+    per-query tests are valid; with several, only per-user means are (``per_user``). Returns
     ``{"metrics": {arm: log_metrics}, "srm_p": chi-square p of the split,
     "tests": {arm: two-proportion z-test of click rate (queries with a click) against control},
     "ctr_tests": {arm: Welch's test of per-query CTR against control (not the pooled per-result
     z-test, which would treat a page's 10 results as independent trials)},
-    "per_query_ctr": {arm: {"mean", "var", "n", "ci95"} of each query's CTR}}``, all read from the service's log.
+    "per_query_ctr": {arm: {"mean", "var", "n", "ci95"} of each query's CTR},
+    "per_user": {arm: {"ctr": the same of each user's mean CTR, "click_rate": of each user's share of searches
+    with a click}}}``, all read from the service's log.
 
     Raises:
         OnlineError: ``control`` is not an arm, or an arm got fewer than 2 users.
@@ -262,7 +276,7 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
         raise OnlineError(f"control {control!r} is not one of the arms {list(arms)}")
     exp = Experiment(service, name, arms, seed=seed)
     run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=users_per_arm * len(arms), k=N_RANKS,
-                        seed=seed, user_prefix=f"{name}-")
+                        seed=seed, user_prefix=f"{name}-", searches_per_user=searches_per_user)
     impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
     metrics = log_metrics(impressions, by="variant")
     labels = list(arms)
@@ -271,13 +285,15 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
     if short:
         raise OnlineError(f"arms {short}: fewer than 2 users each; give the experiment more users")
     counts = [metrics[a]["queries"] for a in labels]
-    per_query = {}
+    per_query, per_user = {}, {}
     for arm in labels:
-        t = query_table([i for i in impressions if i.experiment.get("variant") == arm])
-        ctr = t["clicked"][t["shown"] > 0] / t["shown"][t["shown"] > 0]
-        mean, var, n = float(ctr.mean()), float(ctr.var(ddof=1)), int(len(ctr))
-        half = 1.96 * float(np.sqrt(var / n))
-        per_query[arm] = {"mean": mean, "var": var, "n": n, "ci95": (mean - half, mean + half)}
+        mine = [i for i in impressions if i.experiment.get("variant") == arm and i.shown]
+        t = query_table(mine)
+        per_query[arm] = _summary(t["clicked"] / t["shown"])
+        users = np.unique([i.user for i in mine], return_inverse=True)[1]
+        count = np.bincount(users)
+        per_user[arm] = {"ctr": _summary(np.bincount(users, t["clicked"] / t["shown"]) / count),
+                         "click_rate": _summary(np.bincount(users, (t["clicks"] > 0).astype(float)) / count)}
     tests, ctr_tests = {}, {}
     c = metrics[control]
     for arm in labels:
@@ -287,18 +303,77 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
         tests[arm] = two_proportion_test(round(c["click_rate"] * c["queries"]), c["queries"], round(m["click_rate"] * m["queries"]), m["queries"])
         ctr_tests[arm] = mean_diff_test(per_query[control], per_query[arm])
     return {"metrics": metrics, "srm_p": srm_test(counts, [1.0] * len(labels)), "tests": tests, "ctr_tests": ctr_tests,
-            "per_query_ctr": per_query}
+            "per_query_ctr": per_query, "per_user": per_user, "searches_per_user": searches_per_user}
 
 
 def run_interleaving(service: VisualSearchService, data: StudyData, model: ClickModel, arm_a: tuple[str, str | None],
-                     arm_b: tuple[str, str | None], n_users: int, seed: int = 0, name: str = "interleave") -> dict[str, int]:
-    """Team-draft interleave two rankers for ``n_users`` fresh users; returns ``{"a": wins, "b": wins, "tie": ties}``
-    (``a`` is ``arm_a``), counted from the service's log."""
+                     arm_b: tuple[str, str | None], n_users: int, seed: int = 0, name: str = "interleave",
+                     searches_per_user: int = 1) -> dict[str, int]:
+    """Team-draft interleave two rankers for ``n_users`` fresh users, ``searches_per_user`` searches each; returns
+    ``{"a": wins, "b": wins, "tie": ties}`` per query (``a`` is ``arm_a``), counted from the service's log."""
     exp = Experiment(service, name, dict([arm_a, arm_b]), mode="interleave", seed=seed)
     run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=n_users, k=N_RANKS, seed=seed,
-                        user_prefix=f"{name}-")
+                        user_prefix=f"{name}-", searches_per_user=searches_per_user)
     outcomes = interleaving_outcomes(read_impressions(service.catalog), experiment=name)
     return {w: outcomes.count(w) for w in ("a", "b", "tie")}
+
+
+#: Total queries at which power is evaluated (log-spaced), for the power curves.
+POWER_GRID = np.unique(np.geomspace(20, 2e7, 60).astype(np.int64))
+
+
+def power_comparison(ab: dict, wins: Mapping[str, int], a: str, b: str, target: float = 0.8, n_sims: int = 2000,
+                     seed: int = 0, grid: np.ndarray = POWER_GRID) -> tuple[dict, dict]:
+    """Queries an A/B test and interleaving need for ``target`` power on the pair (a, b), from logged outcomes.
+
+    Args:
+        ab: ``run_ab`` of an experiment with arms a and b (its ``per_user`` summaries; users searched
+            ``ab["searches_per_user"]`` times each, so the A/B unit is the user).
+        wins: ``run_interleaving``'s outcome counts for the same pair (team a = ``a``), per query.
+
+    Returns:
+        ``(row, curves)``: ``row["queries_analytic"]`` gives total queries (A/B: both arms) for the A/B
+        test on per-user CTR and on per-user click rate (Welch, normal approximation) and for
+        interleaving (the sign test); None where the measured difference is exactly 0, with the reason
+        in ``row["notes"]``. ``row["interleaving_simulated"]`` reads the simulated sign-test curve;
+        ``row["ratio_ab_to_interleaving"]`` divides the better A/B metric's count by interleaving's.
+        ``curves`` holds the ``PowerCurve`` of each design, against total queries.
+    """
+    from visual_search.online.power import (
+        ab_mean_power_curve,
+        ab_mean_queries_for_power,
+        interleaving_power_curve,
+        interleaving_queries_for_power,
+        queries_to_power,
+    )
+
+    per_user, s = ab["per_user"], ab["searches_per_user"]
+    row: dict = {"searches_per_user": s, "ab_users_per_arm": {a: per_user[a]["ctr"]["n"], b: per_user[b]["ctr"]["n"]},
+                 "ab_per_user": {a: per_user[a], b: per_user[b]}, "interleaving": dict(wins),
+                 "queries_analytic": {}, "notes": {}}
+    curves = {}
+    for metric in ("ctr", "click_rate"):
+        ua, ub = per_user[a][metric], per_user[b][metric]
+        label = f"ab_per_user_{metric}"
+        try:
+            row["queries_analytic"][label] = 2 * s * ab_mean_queries_for_power(ua["mean"], ua["var"], ub["mean"], ub["var"], power=target)
+            curves[f"A/B per-user {metric.replace('_', ' ')}"] = ab_mean_power_curve(ua["mean"], ua["var"], ub["mean"], ub["var"], grid,
+                                                                                     queries_per_unit=s)
+        except OnlineError as err:
+            row["queries_analytic"][label] = None
+            row["notes"][label] = str(err)
+    try:
+        row["queries_analytic"]["interleaving"] = interleaving_queries_for_power(wins["a"], wins["b"], wins["tie"], power=target)
+    except OnlineError as err:
+        row["queries_analytic"]["interleaving"] = None
+        row["notes"]["interleaving"] = str(err)
+    curves["interleaving"] = interleaving_power_curve(wins["a"], wins["b"], wins["tie"], grid, n_sims=n_sims, seed=seed)
+    row["interleaving_simulated"] = queries_to_power(curves["interleaving"], target)
+    n = row["queries_analytic"]
+    best_ab = min((v for k, v in n.items() if k.startswith("ab_") and v), default=None)
+    row["ab_queries_best"] = best_ab
+    row["ratio_ab_to_interleaving"] = best_ab / n["interleaving"] if best_ab and n["interleaving"] else None
+    return row, curves
 
 
 def order_agreement(offline: Sequence[float], online: Sequence[float]) -> dict:
@@ -315,5 +390,5 @@ def order_agreement(offline: Sequence[float], online: Sequence[float]) -> dict:
 
 __all__ = [
     "N_RANKS", "RANKERS", "ClickPairs", "MeanDiffTest", "StudyData", "mean_diff_test", "click_pairs", "finetune_on_clicks", "ips", "measure_position_bias",
-    "offline_scores", "order_agreement", "rankers", "run_ab", "run_interleaving", "sizes", "study_data",
+    "POWER_GRID", "offline_scores", "order_agreement", "power_comparison", "rankers", "run_ab", "run_interleaving", "sizes", "study_data",
 ]
