@@ -158,8 +158,15 @@ def test_online_bench_runs_every_step_on_the_real_service(out_dirs):
         assert set(row["queries_analytic"]) == {"ab_per_user_ctr", "ab_per_user_click_rate", "interleaving"}
         assert sum(row["ab_users_per_arm"].values()) == 2 * sizes["power_users_per_arm"]
     # every search and click went through the service: its own counts hold them all
-    per_pair = 2 * sizes["power_users_per_arm"] * sizes["searches_per_user"] + sizes["interleaving_users"] * sizes["searches_per_user"]
-    expected = sizes["position_users"] + sizes["ab_users_per_arm"] * len(RANKERS) + per_pair * len(out["power"])
+    sweep = out["power_by_searches_per_user"]["rows"]
+    assert list(sweep) == [str(s) for s in bench.online.SEARCHES_SWEEP] and sweep[str(sizes["searches_per_user"])]["queries_analytic"] == out["power"][out["power_by_searches_per_user"]["pair"]]["queries_analytic"]
+
+    def searches(row: dict, per_user: int) -> int:  # A/B users x their searches + interleaved queries
+        return sum(row["ab_users_per_arm"].values()) * per_user + sum(row["interleaving"].values())
+
+    expected = (sizes["position_users"] + sizes["ab_users_per_arm"] * len(RANKERS)
+                + sum(searches(row, sizes["searches_per_user"]) for row in out["power"].values())
+                + sum(searches(row, int(s)) for s, row in sweep.items() if int(s) != sizes["searches_per_user"]))
     assert out["service"]["searches"] == expected and out["service"]["clicks"] > 0
     assert 0.0 <= out["aa"]["per_user_fpr"] <= 0.1 and out["aa"]["per_impression_fpr"] > out["aa"]["per_user_fpr"]
     assert out["peeking"]["peeking_fpr"] > out["peeking"]["fixed_horizon_fpr"]

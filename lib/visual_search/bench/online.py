@@ -22,7 +22,8 @@ the steps):
 5. **Interleaving vs A/B:** for two pairs, an A/B test and team-draft interleaving on
    fresh users of the same population who search ``searches_per_user`` times each; the
    queries each design needs for 80% power (A/B per user, its unit of randomisation;
-   interleaving per query), analytic and simulated from the logged outcomes.
+   interleaving per query), analytic and simulated from the logged outcomes; and for the
+   first pair, the same with users who search 1, 5 or 20 times (equal total queries).
 6. **A/A and peeking:** 1,000 simulated A/A tests analysed per impression and per user,
    and 1,000 peeked daily for 14 days, at the CTR the service logged.
 
@@ -45,6 +46,8 @@ from visual_search.viz import save_figure
 
 #: The pairs compared by interleaving and by A/B (control first).
 PAIRS = (("SimCLR", "random CNN"), ("SimCLR", "SimCLR + IPS clicks"))
+#: Searches per user for the sweep on the first pair (same total queries at each): the A/B test's unit is the user.
+SEARCHES_SWEEP = (1, 5, 20)
 TARGET_POWER = 0.8
 
 
@@ -112,6 +115,17 @@ def run(seed: int = 0) -> dict:
                                                  seed=seed + 10 + i, name=f"abp{i}", searches_per_user=size["searches_per_user"])
                     interleaving[key] = study.run_interleaving(service, data, model, (a, arms[a]), (b, arms[b]), size["interleaving_users"],
                                                                seed=seed + i, name=f"il{i}", searches_per_user=size["searches_per_user"])
+                sweep = {}  # the first pair again, with users who search 1, 5 or 20 times (the same queries in all)
+                a, b = PAIRS[0]
+                for s_ in SEARCHES_SWEEP:
+                    if s_ == size["searches_per_user"]:
+                        continue
+                    scale = size["searches_per_user"] / s_
+                    sweep[s_] = (
+                        study.run_ab(service, data, model, {a: arms[a], b: arms[b]}, max(2, round(size["power_users_per_arm"] * scale)),
+                                     control=a, seed=seed + 20 + s_, name=f"abs{s_}", searches_per_user=s_),
+                        study.run_interleaving(service, data, model, (a, arms[a]), (b, arms[b]), max(1, round(size["interleaving_users"] * scale)),
+                                               seed=seed + 30 + s_, name=f"ils{s_}", searches_per_user=s_))
             stats = service.stats()
         finally:
             service.close()
@@ -126,6 +140,16 @@ def run(seed: int = 0) -> dict:
         power[key], pair_curves = study.power_comparison(ab_pairs[key], interleaving[key], a, b, TARGET_POWER,
                                                          n_sims=size["power_sims"], seed=seed + i)
         curves.update({f"{design}, {key}": curve for design, curve in pair_curves.items()})
+    a, b = PAIRS[0]
+    by_searches = {}
+    for s_ in SEARCHES_SWEEP:
+        if s_ == size["searches_per_user"]:
+            row = power[f"{a} vs {b}"]
+        else:
+            row, _ = study.power_comparison(sweep[s_][0], sweep[s_][1], a, b, TARGET_POWER, n_sims=size["power_sims"], seed=seed + s_)
+        by_searches[str(s_)] = {"queries_analytic": row["queries_analytic"], "ab_queries_best": row["ab_queries_best"],
+                                "interleaving_simulated": row["interleaving_simulated"], "ratio_ab_to_interleaving": row["ratio_ab_to_interleaving"],
+                                "interleaving": row["interleaving"], "ab_users_per_arm": row["ab_users_per_arm"]}
     # ---- A/A and peeking, at the CTR the service logged for SimCLR -------------------------
     base_ctr = float(metrics["SimCLR"]["ctr"])
     aa = simulate_aa_tests(n_tests=size["aa_tests"], users_per_arm=200, impressions_per_user=20, base_ctr=base_ctr,
@@ -170,6 +194,7 @@ def run(seed: int = 0) -> dict:
                               "per_query_ctr_ci95": {n: list(ctr_ci[n]) for n in names}, **agreement},
         "ips_vs_unweighted": ips_vs_plain,
         "power": power,
+        "power_by_searches_per_user": {"pair": f"{a} vs {b}", "rows": by_searches},
         "aa": {"per_impression_fpr": aa.per_impression_fpr, "per_user_fpr": aa.per_user_fpr, "tests": aa.n_tests,
                "user_heterogeneity": 0.1, "iid_per_impression_fpr": aa_iid.per_impression_fpr, "iid_per_user_fpr": aa_iid.per_user_fpr,
                "base_ctr": base_ctr},
