@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ["VISUAL_SEARCH_FAST"] = "1"  # before the library is imported anywhere: small data, nothing written to figures/ or results/
 # One thread for OpenMP (Faiss, torch) and BLAS, in this process and the notebook kernels it starts:
@@ -57,3 +59,29 @@ def torch_load_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(torch, "load", spy)
     return calls
+
+
+# ---- the sample-gallery service data dir, shared by the service and online-evaluation tests ----------
+@pytest.fixture(scope="module")
+def encoder():
+    from visual_search.models import load_pretrained
+
+    return load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, encoder) -> Path:
+    """A built sample-gallery data dir, closed (index saved): built once per module, copied per test."""
+    from visual_search.service import VisualSearchService, load_gallery
+
+    path = tmp_path_factory.mktemp("template") / "data"
+    VisualSearchService(path, encoder, gallery=load_gallery("sample"), progress=False).close()
+    return path
+
+
+@pytest.fixture
+def data_dir(template, tmp_path) -> Path:
+    """A private copy of ``template`` for a test that writes (copying is milliseconds; building is a second)."""
+    path = tmp_path / "data"
+    shutil.copytree(template, path)
+    return path

@@ -8,7 +8,6 @@ reads what the service logged (its SQLite tables), never the experiment's own st
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sqlite3
@@ -17,44 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from visual_search.data import load_sample
 from visual_search.errors import OnlineError, ServiceError
-from visual_search.models import load_pretrained, raw_pixel_encoder
+from visual_search.models import raw_pixel_encoder
 from visual_search.online.assignment import assign
 from visual_search.online.experiment import Experiment
 from visual_search.online.logs import interleaving_outcomes, log_metrics, read_impressions, swap_rows
 from visual_search.online.users import PositionBasedModel, run_simulated_users
 from visual_search.service import Catalog, VisualSearchService, load_gallery
 from visual_search.service.app import create_app
+from visual_search.service.blobs import png_bytes
 from visual_search.service.catalog import SCHEMA_VERSION
 
 K = 10
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_pretrained()
-
-
 @pytest.fixture(scope="module")
 def sample():
     return load_sample()
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, encoder) -> Path:
-    """A built sample-gallery data dir, closed (index saved)."""
-    path = tmp_path_factory.mktemp("template") / "data"
-    VisualSearchService(path, encoder, gallery=load_gallery("sample"), progress=False).close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +46,6 @@ def service(template, tmp_path_factory, encoder):
     svc.add_variant("pixels", raw_pixel_encoder())
     yield svc
     svc.close()
-
-
-@pytest.fixture
-def data_dir(template, tmp_path) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(template, path)
-    return path
 
 
 @pytest.fixture
@@ -129,7 +102,7 @@ def test_uploads_and_deletes_reach_every_variant(own_service):
     own_service.add_variant("pixels", raw_pixel_encoder())
     pattern = np.random.default_rng(0).integers(0, 255, size=(28, 28), dtype=np.uint8)  # unlike any gallery item
     near = pattern + np.uint8(1)  # not the same pixels: exact copies of the query are dropped by design
-    image_id = own_service.upload(png(pattern))
+    image_id = own_service.upload(png_bytes(pattern))
     top = own_service.search(near, k=5, variant="pixels", log=False).results[0]
     assert top.id == image_id and top.score == pytest.approx(1.0, abs=1e-3)
     assert own_service.search(near, k=5, log=False).results[0].id == image_id  # and the main model, of course
@@ -140,7 +113,7 @@ def test_uploads_and_deletes_reach_every_variant(own_service):
 
 def test_add_variant_after_an_upload_embeds_it(own_service):
     pattern = np.random.default_rng(1).integers(0, 255, size=(28, 28), dtype=np.uint8)
-    image_id = own_service.upload(png(pattern))
+    image_id = own_service.upload(png_bytes(pattern))
     own_service.add_variant("pixels", raw_pixel_encoder())
     assert own_service.search(pattern + np.uint8(1), k=3, variant="pixels", log=False).results[0].id == image_id
 
@@ -225,7 +198,7 @@ def test_catalog_log_query_refuses_non_json_experiment(tmp_path):
 
 # ---------------------------------------------------------------------------- HTTP
 def test_http_search_takes_a_variant(service, sample):
-    image = png(sample.query_images[1])
+    image = png_bytes(sample.query_images[1])
     with TestClient(create_app(service, max_upload_bytes=200_000)) as c:
         files = {"image": ("q.png", image, "image/png")}
         pixels = c.post("/search", files=files, data={"k": "5", "variant": "pixels", "user": "web"})

@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -60,26 +59,6 @@ def png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_pretrained()
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, encoder) -> Path:
-    """A built sample-gallery data dir, closed (index saved)."""
-    path = tmp_path_factory.mktemp("template") / "data"
-    VisualSearchService(path, encoder, gallery=load_gallery("sample"), progress=False).close()
-    return path
-
-
-@pytest.fixture
-def data_dir(template, tmp_path) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(template, path)
-    return path
 
 
 @pytest.fixture
