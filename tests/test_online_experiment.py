@@ -507,3 +507,17 @@ def test_a_migration_interrupted_after_the_alter_still_opens(tmp_path):
     conn = sqlite3.connect(tmp_path / "c.sqlite3")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_log_metrics_groups_variants_within_one_experiment(own_service, sample):
+    """Two experiments with the same arm labels: ``experiment=`` keeps them apart."""
+    own_service.add_variant("pixels", raw_pixel_encoder())
+    for name, n in (("first", 3), ("second", 5)):
+        exp = Experiment(own_service, name, {"a": None, "b": "pixels"})
+        for u in range(n):
+            exp.search(sample.query_images[u], k=K, user=f"{name}-{u}")
+    merged = log_metrics(own_service.catalog, by="variant")
+    first = log_metrics(own_service.catalog, by="variant", experiment="first")
+    assert sum(m["queries"] for m in merged.values()) == 8 and sum(m["queries"] for m in first.values()) == 3
+    with pytest.raises(OnlineError, match="no search"):
+        log_metrics(own_service.catalog, by="variant", experiment="third")

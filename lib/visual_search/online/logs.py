@@ -174,7 +174,7 @@ def metrics_of(impressions: Sequence[Impression]) -> dict[str, float]:
 
 
 def log_metrics(source: str | Path | Catalog | Sequence[Impression],
-                by: str | Callable[[str | None], object] | None = None) -> dict:
+                by: str | Callable[[str | None], object] | None = None, experiment: str | None = None) -> dict:
     """Online metrics of a service log, overall or per group.
 
     Args:
@@ -182,11 +182,15 @@ def log_metrics(source: str | Path | Catalog | Sequence[Impression],
         by: None (one dict of metrics), ``"model_version"``, ``"user"``, ``"variant"`` (the logged
             A/B arm), or a function user -> variant (None: leave that search out); then
             ``{group: metrics}``, groups sorted.
+        experiment: keep only the searches this experiment logged (None: every search). Two
+            experiments may use the same arm labels, so group ``by="variant"`` within one.
 
     Raises:
         OnlineError: a malformed row, an empty log or no search kept, a bad ``by``.
     """
     impressions = list(source) if isinstance(source, (list, tuple)) else read_impressions(source)
+    if experiment is not None:
+        impressions = [i for i in impressions if i.experiment is not None and i.experiment.get("experiment") == experiment]
     if by is None:
         return metrics_of(impressions)
     if by == "model_version":

@@ -278,7 +278,7 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
     run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=users_per_arm * len(arms), k=N_RANKS,
                         seed=seed, user_prefix=f"{name}-", searches_per_user=searches_per_user)
     impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
-    metrics = log_metrics(impressions, by="variant")
+    metrics = log_metrics(impressions, by="variant")  # impressions of this experiment only: arm labels may repeat across experiments
     labels = list(arms)
     short = {a: metrics[a]["queries"] if a in metrics else 0 for a in labels}
     short = {a: n for a, n in short.items() if n < 2}
