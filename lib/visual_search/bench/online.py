@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
 import torch
 
 from visual_search import config
 from visual_search.bench._common import machine, relative, write_result
+from visual_search.timing import timed
 from visual_search.viz import save_figure
 
 #: The pairs compared by interleaving and by A/B (control first).
@@ -51,16 +53,12 @@ SEARCHES_SWEEP = (1, 5, 20)
 TARGET_POWER = 0.8
 
 
-def _timed(timings: dict, name: str):
-    class _T:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[name] = round(time.perf_counter() - self.t0, 2)
-            print(f"  {name}: {timings[name]:.1f} s", flush=True)
-
-    return _T()
+@contextmanager
+def _timed(timings: dict, name: str) -> Iterator[None]:
+    """``timing.timed`` (prints the step's seconds), also recorded in ``timings[name]`` for the JSON."""
+    with timed(name) as timer:
+        yield
+    timings[name] = round(timer.seconds, 2)
 
 
 def _test_dict(t) -> dict:
