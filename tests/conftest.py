@@ -85,3 +85,16 @@ def data_dir(template, tmp_path) -> Path:
     path = tmp_path / "data"
     shutil.copytree(template, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 worker slots, started once per test process and stopped at the end.
+
+    Tests that need Ray take this fixture; nothing else starts or stops Ray.
+    """
+    from visual_search.scale import ray_runtime
+
+    ray = ray_runtime.start(num_cpus=2)
+    yield ray
+    ray_runtime.stop()

@@ -34,7 +34,7 @@ LAYERS = [
     {"index"},
     {"evalset"},
     {"service"},
-    {"online"},
+    {"online", "scale"},
     {"notebook_runner"},
     {"bench"},
 ]

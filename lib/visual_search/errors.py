@@ -70,6 +70,10 @@ class OnlineError(VisualSearchError):
     """Bad input to online evaluation: counts, rates, variants, rankings, click-model parameters or log rows."""
 
 
+class ScaleError(VisualSearchError):
+    """Bad input to the scaling tools: a capacity-plan parameter, a shard count, a job's files, or missing measurements."""
+
+
 __all__ = [
     "VisualSearchError",
     "DataError",
@@ -84,4 +88,5 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "OnlineError",
+    "ScaleError",
 ]
