@@ -1,0 +1,910 @@
+"""Sharded search: S indexes over a partition of the ids, one query fanned out to all, an exact top-k merge.
+
+    from visual_search.scale import ShardedIndex
+    with ShardedIndex("ivf", 64, n_shards=4, backend="ray", nlist=256, deadline_s=0.5) as index:
+        index.train(x); index.add(x)
+        D, I = index.search(q, 10)                      # the index interface
+        info = index.search_with_info(q, 10)            # ... and whether every shard answered
+
+How it works:
+
+* **Partition by id.** Vector ``id`` lives on shard ``shard_of(id, S)``, a splitmix64 hash of the
+  id modulo S, so consecutive ids (the default ones) spread evenly, and ``remove(ids)`` knows
+  where each id lives without asking every shard.
+* **Shared training.** ``train`` trains *one* index of the shard kind and gives every shard a copy
+  of that trained state (the same IVF centroids, the same PQ codebooks). Each shard then files its
+  vectors into the same lists as the unsharded index would, a query probes the same ``nprobe``
+  lists on every shard, and the union of what the shards scan is what the unsharded index scans:
+  the merged answer is the unsharded answer (up to float ties), not merely "about as good".
+  Training each shard on its own subset would give S different quantizers, results that depend
+  on S, and S times the training cost.
+* **Exact merge.** Each shard returns its own top-k; the global top-k is among the union of those
+  (a vector not in its shard's top k has k better ones on that shard alone), and
+  ``kernels.merge_topk`` picks it. Recall lost by sharding: none, for any kind.
+* **Deadlines.** ``search(..., deadline_s=0.2)`` returns after at most 0.2 s with the shards that
+  answered; the answer is then *partial*, which the caller learns from ``stats`` or from
+  ``search_with_info``. A straggler or a dead shard costs recall on that query, not latency.
+* **Backends.** ``"local"``: the shards are in-process indexes searched by a thread pool (NumPy and
+  Faiss release the GIL), no Ray involved. ``"ray"``: each shard is a Ray actor that *loads its
+  index from its own file* under ``shard_dir`` and rewrites that file (atomically) after every
+  write. Actors are created with ``max_restarts=-1``: when one dies, Ray starts it again, its
+  ``__init__`` reloads the file, and it comes back with its data.
+
+Fault injection for tests and chapter 10: ``kill_shard(i)`` (a real actor death, restarted by
+Ray) and ``slow_shard(i, seconds)`` (a straggler; ``0`` clears it).
+
+Ray is imported only when a ``backend="ray"`` index is made: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visual_search._checks import check_int, check_real
+from visual_search.errors import ScaleError, VectorIndexError, VisualSearchError
+from visual_search.index.base import BaseIndex
+from visual_search.index.io import load_index
+from visual_search.index.kernels import merge_topk
+from visual_search.index.registry import build_index
+from visual_search.index.validation import as_float32_matrix, check_k, check_model_version, check_new_ids, check_remove_ids
+
+BACKENDS = ("local", "ray")
+MAX_SHARDS = 1024
+#: The manifest ``save`` writes next to the shard files.
+MANIFEST = "sharded.json"
+MANIFEST_FORMAT = 1
+
+_U64 = np.uint64
+
+
+def shard_of(ids: Any, n_shards: int) -> np.ndarray:
+    """The shard each id lives on: ``splitmix64(id) mod n_shards``.
+
+    splitmix64 (Steele, Lea and Flood; the finaliser of Java's SplittableRandom) is a bijection
+    on 64-bit integers whose output bits each depend on all input bits, so consecutive ids, ids
+    that are multiples of S, or ids with a common prefix all spread evenly over the shards
+    (``id mod S`` would put every even id on the even shards). It is a pure function of the id,
+    so any process routes an id to the same shard without a lookup table.
+
+    Args:
+        ids: non-negative integer ids, any shape.
+        n_shards: the number of shards, 1..1024.
+
+    Returns:
+        int64 array of the same shape, values in ``0..n_shards-1``.
+
+    Raises:
+        ScaleError: ids that are not integers or are negative, or a bad shard count.
+    """
+    n_shards = _check_n_shards(n_shards)
+    arr = np.asarray(ids)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ScaleError(f"shard_of: ids must be integers, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
+        raise ScaleError(f"shard_of: ids must be non-negative, got {int(arr.min())}")
+    z = arr.astype(_U64)
+    # uint64 arithmetic wraps modulo 2**64, which is what the hash needs.
+    z = z + _U64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    z = z ^ (z >> _U64(31))
+    return (z % _U64(n_shards)).astype(np.int64)
+
+
+def _check_n_shards(n_shards: Any) -> int:
+    return check_int(n_shards, "n_shards", low=1, high=MAX_SHARDS, error=ScaleError)
+
+
+def _check_deadline(deadline_s: Any, name: str = "deadline_s") -> float | None:
+    """None (wait for every shard) or a positive number of seconds, at most one hour."""
+    if deadline_s is None:
+        return None
+    return check_real(deadline_s, name, low=0.0, high=3600.0, low_open=True, error=ScaleError)
+
+
+@dataclass(frozen=True)
+class ShardedResult:
+    """One sharded search: the merged answer and how complete it is.
+
+    Attributes:
+        D, I: the merged ``(scores, ids)``, ``[nq, min(k, len(index))]``, best first, padded with
+            id -1 (and the worst score) where the shards that answered hold too few.
+        partial: True when some non-empty shard did not answer (deadline passed, or it died).
+        missing_shards: those shards, in order.
+        shards_answered: how many shards answered.
+        shards_searched: how many shards were asked (the non-empty ones).
+        shard_ms: per shard, milliseconds from the fan-out to its answer as the caller saw it
+            (None for a shard that did not answer or holds nothing).
+        elapsed_ms: the whole call.
+        errors: shard -> why it did not answer, for shards that failed rather than ran late.
+    """
+
+    D: np.ndarray
+    I: np.ndarray  # noqa: E741  (the Faiss name)
+    partial: bool
+    missing_shards: list[int]
+    shards_answered: int
+    shards_searched: int
+    shard_ms: list[float | None]
+    elapsed_ms: float
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, Any]:
+        """Everything but the arrays, as the dict ``search(stats=...)`` receives."""
+        return {
+            "partial": self.partial, "missing_shards": list(self.missing_shards), "shards_answered": self.shards_answered,
+            "shards_searched": self.shards_searched, "shard_ms": list(self.shard_ms), "elapsed_ms": self.elapsed_ms,
+            "errors": dict(self.errors),
+        }
+
+
+# ------------------------------------------------------------------------------------- the Ray actor
+class _ShardActor:
+    """One shard on Ray: an index loaded from ``path``, rewritten there (atomically) after every write.
+
+    Ray re-runs ``__init__`` with the same arguments when it restarts a dead actor, so the
+    restarted shard reloads its file and has exactly the data of its last completed write.
+    Runs with ``max_concurrency > 1`` so searches (the index is safe for concurrent reads),
+    a ``set_delay`` and writes (serialised by a lock) never wait behind a sleeping straggler.
+    """
+
+    def __init__(self, path: str, shard: int) -> None:
+        self.path = Path(path)
+        self.shard = shard
+        self.index: BaseIndex = load_index(self.path)
+        self.started = time.time()
+        self.delay_s = 0.0
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """Who and what this actor is: pid, start time, vectors held (used by tests to see a reload)."""
+        return {"shard": self.shard, "pid": os.getpid(), "started": self.started, "n": len(self.index), "path": str(self.path)}
+
+    def search(self, q: np.ndarray, k: int, params: dict | None, model_version: str | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.index.search(q, k, params=params, model_version=model_version)
+
+    def set_delay(self, seconds: float) -> None:
+        self.delay_s = float(seconds)
+
+    def _write(self, change: Callable[[BaseIndex], Any]) -> Any:
+        """Apply ``change`` and rewrite the file; if the file cannot be written, undo the change."""
+        with self.lock:
+            before = self.index._state
+            out = change(self.index)
+            try:
+                self.index.save(self.path)
+            except BaseException:
+                self.index._state = before
+                raise
+            return out
+
+    def add(self, x: np.ndarray, ids: np.ndarray, model_version: str | None) -> int:
+        return self._write(lambda index: len(index.add(x, ids, model_version=model_version)))
+
+    def remove(self, ids: np.ndarray) -> int:
+        return self._write(lambda index: index.remove(ids))
+
+    def replace(self, blob: bytes) -> int:
+        """Become the index saved in ``blob`` (a trained, empty index after ``train``)."""
+        with self.lock:
+            tmp = self.path.with_name(self.path.name + ".incoming")
+            tmp.write_bytes(blob)
+            index = load_index(tmp)
+            os.replace(tmp, self.path)
+            self.index = index
+            return len(index)
+
+    def ids(self) -> np.ndarray:
+        return np.array(self.index.ids)
+
+    def memory_bytes(self) -> int:
+        return self.index.memory_bytes()
+
+    def save_to(self, path: str) -> str:
+        with self.lock:
+            return str(self.index.save(path))
+
+
+_REMOTE_ACTOR = None
+
+
+def _remote_actor_class(ray):
+    global _REMOTE_ACTOR
+    if _REMOTE_ACTOR is None:
+        _REMOTE_ACTOR = ray.remote(_ShardActor)
+    return _REMOTE_ACTOR
+
+
+def _index_bytes(index: BaseIndex) -> bytes:
+    """``index`` as the bytes of its file (the one serialisation every kind has)."""
+    with tempfile.TemporaryDirectory(prefix="vs-shard-") as tmp:
+        path = Path(tmp) / "index.vsindex"
+        index.save(path)
+        return path.read_bytes()
+
+
+def _copies(index: BaseIndex, n: int) -> list[BaseIndex]:
+    """``n`` independent copies of ``index`` (through its file, so every kind, Faiss included, works)."""
+    with tempfile.TemporaryDirectory(prefix="vs-shard-") as tmp:
+        path = Path(tmp) / "index.vsindex"
+        index.save(path)
+        return [load_index(path) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------ ShardedIndex
+class ShardedIndex:
+    """S indexes of one kind over a hash partition of the ids, behind the index interface.
+
+    Args:
+        kind: the shard index kind (``"exact"``, ``"ivf"``, ``"faiss"``, ...; see ``build_index``).
+        dim: vector dimension.
+        n_shards: S, 1..1024.
+        backend: ``"local"`` (in-process shards, no Ray) or ``"ray"`` (one Ray actor per shard).
+        metric: ``"l2"``, ``"ip"`` or ``"cosine"``.
+        **params: the shard kind's parameters (e.g. ``nlist=256``), passed to ``build_index``
+            for each shard and checked here, before anything starts.
+        deadline_s: default deadline of ``search`` in seconds (None: wait for every shard).
+        model_version: the embedding model of the vectors (see ``build_index``).
+        shard_dir: (ray) where each shard's file lives; default a new temporary folder, removed
+            by ``close``. On a cluster this must be a folder every node sees.
+        address: (ray) the cluster to join (``ray_runtime.start``); None: a local Ray.
+        actor_cpus: (ray) the CPU share each actor reserves; the default 0 lets 8 shards run on
+            a 2-CPU local Ray (they then share the cores, as threads would).
+        write_timeout_s: (ray) how long a write waits for the shards before raising.
+        threads: (local) threads searching the shards (default ``min(S, cores)``).
+
+    Raises:
+        ScaleError: a bad shard count, backend, deadline or option.
+        VectorIndexError: an unknown kind or a bad kind parameter.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        dim: int,
+        n_shards: int,
+        backend: str = "local",
+        metric: str = "l2",
+        *,
+        deadline_s: float | None = None,
+        model_version: str | None = None,
+        shard_dir: str | os.PathLike | None = None,
+        address: str | None = None,
+        actor_cpus: float = 0.0,
+        write_timeout_s: float = 120.0,
+        threads: int | None = None,
+        _existing: Sequence[BaseIndex] | None = None,
+        **params: Any,
+    ) -> None:
+        self.n_shards = _check_n_shards(n_shards)
+        if backend not in BACKENDS:
+            raise ScaleError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.deadline_s = _check_deadline(deadline_s)
+        self.write_timeout_s = check_real(write_timeout_s, "write_timeout_s", low=0.0, low_open=True, error=ScaleError)
+        actor_cpus = check_real(actor_cpus, "actor_cpus", low=0.0, high=64.0, error=ScaleError)
+        threads = check_int(threads, "threads", low=1, high=256, error=ScaleError, allow_none=True)
+        # The template: an index of the shard kind that validates kind, dim, metric and params now,
+        # validates search params per call, and after ``train`` holds the shared trained state.
+        self._template = build_index(kind, dim, metric, model_version=model_version, **params)
+        self.kind, self.dim, self.metric = self._template.kind, self._template.dim, self._template.metric
+        self._params = dict(params)
+        self.model_version = self._template.model_version
+        self.is_trained = self._template.is_trained
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._delays = [0.0] * self.n_shards  # local fault injection (ray: kept in the actors)
+        self._executor: ThreadPoolExecutor | None = None
+        self._shards: list[BaseIndex] = []
+        self._actors: list[Any] = []
+        self._shard_ids: list[np.ndarray] = []
+        self._own_dir = False
+        if backend == "local":
+            self._shards = list(_existing) if _existing is not None else _copies(self._template, self.n_shards)
+            workers = threads or min(self.n_shards, os.cpu_count() or 1)
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") if self.n_shards > 1 else None
+        else:
+            self._start_actors(shard_dir, address, actor_cpus, _existing)
+
+    # ------------------------------------------------------------------------ construction (ray)
+    def _shard_path(self, i: int) -> Path:
+        return self.shard_dir / f"shard-{i:04d}-of-{self.n_shards:04d}.vsindex"
+
+    def _start_actors(self, shard_dir, address, actor_cpus: float, existing: Sequence[BaseIndex] | None) -> None:
+        from visual_search.scale import ray_runtime
+
+        if shard_dir is None:
+            self.shard_dir = Path(tempfile.mkdtemp(prefix="vs-shards-"))
+            self._own_dir = True
+        else:
+            self.shard_dir = Path(shard_dir)
+            try:
+                self.shard_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ScaleError(f"shard_dir {str(shard_dir)!r} cannot be created: {err}") from None
+        # Every actor loads its index from its file, the first time as after a restart.
+        blob = _index_bytes(self._template)
+        for i in range(self.n_shards):
+            if existing is not None:
+                existing[i].save(self._shard_path(i))
+            else:
+                tmp = self._shard_path(i).with_suffix(".tmp")
+                tmp.write_bytes(blob)
+                os.replace(tmp, self._shard_path(i))
+        ray = ray_runtime.start(address=address)
+        self._ray = ray
+        options = {"num_cpus": actor_cpus, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 4}
+        cls = _remote_actor_class(ray)
+        self._actors = [cls.options(**options).remote(str(self._shard_path(i)), i) for i in range(self.n_shards)]
+        try:
+            infos = self._ray_get([a.info.remote() for a in self._actors], "start")
+        except BaseException:
+            self.close()
+            raise
+        self._shard_ids = [np.array(existing[i].ids) if existing is not None else np.empty(0, np.int64) for i in range(self.n_shards)]
+        for i, info in enumerate(infos):
+            if info["n"] != len(self._shard_ids[i]):
+                self.close()
+                raise ScaleError(f"shard {i}: its actor loaded {info['n']} vectors from {info['path']}, expected {len(self._shard_ids[i])}")
+
+    def _ray_get(self, refs: list, what: str) -> list:
+        """``ray.get`` for writes and queries that must reach every shard; errors as the library's."""
+        ray = self._ray
+        try:
+            return ray.get(refs, timeout=self.write_timeout_s)
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, VisualSearchError):
+                raise type(cause)(str(cause)) from None
+            raise ScaleError(f"sharded {what} failed on a shard: {err}") from None
+        except ray.exceptions.GetTimeoutError:
+            raise ScaleError(f"sharded {what}: the shards did not answer within write_timeout_s={self.write_timeout_s:g}") from None
+        except ray.exceptions.RayError as err:
+            raise ScaleError(f"sharded {what} failed: a shard actor is unavailable ({type(err).__name__}: {err})") from None
+
+    # ---------------------------------------------------------------------------------- the interface
+    def __len__(self) -> int:
+        return int(sum(self.shard_sizes()))
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self._params.items())
+        return (f"ShardedIndex({self.kind!r}, dim={self.dim}, n_shards={self.n_shards}, backend={self.backend!r}, "
+                f"metric={self.metric!r}{params}; n={len(self) if not self._closed else '?'}{', closed' if self._closed else ''})")
+
+    def __enter__(self) -> ShardedIndex:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def needs_training(self) -> bool:
+        return self._template.needs_training
+
+    @property
+    def search_params(self) -> tuple[str, ...]:
+        return tuple(self._template.search_params)
+
+    def params(self) -> dict[str, Any]:
+        """The shard kind's construction parameters (what ``save`` records)."""
+        return self._template.params()
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every stored id, shard by shard (a copy)."""
+        self._check_open()
+        parts = [s.ids for s in self._shards] if self.backend == "local" else self._shard_ids
+        return np.concatenate([np.asarray(p, np.int64) for p in parts]) if parts else np.empty(0, np.int64)
+
+    def shard_sizes(self, from_shards: bool = False) -> list[int]:
+        """Vectors per shard.
+
+        Args:
+            from_shards: (ray) ask the actors themselves instead of the driver's record of what
+                it wrote (equal unless an actor lost its data; the tests use it to see a reload).
+        """
+        self._check_open()
+        if self.backend == "local":
+            return [len(s) for s in self._shards]
+        if from_shards:
+            return [info["n"] for info in self.shard_info()]
+        return [len(ids) for ids in self._shard_ids]
+
+    def shard_info(self) -> list[dict[str, Any]]:
+        """(ray) Each actor's pid, start time, size and file: a restarted actor has a new pid."""
+        self._need_ray("shard_info")
+        return self._ray_get([a.info.remote() for a in self._actors], "shard_info")
+
+    def memory_bytes(self) -> int:
+        """Bytes the shards hold in memory, summed (each as its kind's ``memory_bytes``)."""
+        self._check_open()
+        if self.backend == "local":
+            return int(sum(s.memory_bytes() for s in self._shards))
+        return int(sum(self._ray_get([a.memory_bytes.remote() for a in self._actors], "memory_bytes")))
+
+    def train(self, x: Any) -> ShardedIndex:
+        """Train one index of the shard kind on ``x`` and give every shard that trained state.
+
+        Shared training (rather than each shard training on its part) keeps the shards
+        comparable: the same IVF centroids or PQ codebooks everywhere, so the merged answer is
+        the answer of one unsharded index trained on ``x``. Returns ``self``.
+
+        Raises:
+            VectorIndexError: bad vectors, too few for the kind, or the index already holds vectors.
+        """
+        self._check_open()
+        with self._write_lock:
+            if self.needs_training and len(self):
+                raise VectorIndexError(
+                    f"the sharded {self.kind!r} index already holds {len(self)} vectors encoded with its current training; "
+                    "build a new index to re-train"
+                )
+            template = _copies(self._template, 1)[0]
+            template.train(x)  # validates x; nothing is shared until it succeeded
+            if not self.needs_training:
+                return self
+            if self.backend == "local":
+                self._shards = _copies(template, self.n_shards)
+            else:
+                blob = self._ray.put(_index_bytes(template))
+                self._ray_get([a.replace.remote(blob) for a in self._actors], "train")
+            self._template = template
+            self.is_trained = True
+        return self
+
+    def add(self, x: Any, ids: Any = None, model_version: str | None = None) -> ShardedIndex:
+        """Store vectors, each on shard ``shard_of(id, S)``. Returns ``self``.
+
+        Args:
+            x: float ``[n, dim]``.
+            ids: int ``[n]``, distinct, not stored yet (None: consecutive ids after the largest stored).
+            model_version: the model that made ``x`` (see ``BaseIndex.add``).
+
+        Everything is checked before any shard changes, so a bad batch changes nothing; if a
+        shard still fails (a Ray actor dies mid-write), the shards that took their part give it
+        back (local: their previous state is restored; ray: the ids are removed again).
+
+        Raises:
+            VectorIndexError: bad vectors or ids, an untrained index, another model's vectors.
+            ScaleError: (ray) a shard could not be written.
+        """
+        self._check_open()
+        x = as_float32_matrix(x, "x", self.dim)
+        model_version = check_model_version(model_version, "x: model_version")
+        if model_version is not None and self.model_version is not None and model_version != self.model_version:
+            raise VectorIndexError(
+                f"x come from model {model_version!r}, but the index holds embeddings of model {self.model_version!r}; "
+                "embed with the index's model, or build the index again with the new one"
+            )
+        with self._write_lock:
+            if not self.is_trained:
+                raise VectorIndexError(f"{self.kind!r} index must be trained before add: call index.train(x) first")
+            ids = check_new_ids(ids, len(x), self.ids)
+            if len(x) == 0:
+                return self
+            where = shard_of(ids, self.n_shards)
+            parts = [(i, np.flatnonzero(where == i)) for i in range(self.n_shards)]
+            parts = [(i, rows) for i, rows in parts if len(rows)]
+            if self.backend == "local":
+                before = [s._state for s in self._shards]
+                try:
+                    for i, rows in parts:
+                        self._shards[i].add(x[rows], ids[rows], model_version=model_version)
+                except BaseException:
+                    for shard, state in zip(self._shards, before):
+                        shard._state = state  # each state is an immutable snapshot: restoring is one assignment
+                    raise
+            else:
+                self._ray_add(x, ids, parts, model_version)
+            if self.model_version is None and model_version is not None:
+                self.model_version = model_version
+        return self
+
+    def _ray_add(self, x: np.ndarray, ids: np.ndarray, parts: list, model_version: str | None) -> None:
+        ray = self._ray
+        refs = {i: self._actors[i].add.remote(x[rows], ids[rows], model_version) for i, rows in parts}
+        failed: dict[int, BaseException] = {}
+        for i, ref in refs.items():
+            try:
+                self._ray_get([ref], "add")
+            except VisualSearchError as err:
+                failed[i] = err
+        if failed:
+            done = [i for i in refs if i not in failed]
+            undo = [self._actors[i].remove.remote(ids[rows]) for i, rows in parts if i in done]
+            try:
+                ray.get(undo, timeout=self.write_timeout_s)
+            except ray.exceptions.RayError:
+                pass  # best effort; the error below says the add failed
+            first = failed[min(failed)]
+            if isinstance(first, VectorIndexError) and not isinstance(first, ScaleError):
+                raise first
+            raise ScaleError(f"sharded add failed on shard(s) {sorted(failed)} ({first}); the other shards gave their part back")
+        for i, rows in parts:
+            self._shard_ids[i] = np.concatenate([self._shard_ids[i], ids[rows]])
+
+    def remove(self, ids: Any) -> int:
+        """Remove the vectors stored under ``ids`` (asking only the shards that hold them). Returns how many went."""
+        self._check_open()
+        ids = check_remove_ids(ids)
+        if not len(ids):
+            return 0
+        with self._write_lock:
+            where = shard_of(ids, self.n_shards)
+            parts = [(i, ids[where == i]) for i in range(self.n_shards) if (where == i).any()]
+            if self.backend == "local":
+                return int(sum(self._shards[i].remove(part) for i, part in parts))
+            counts = self._ray_get([self._actors[i].remove.remote(part) for i, part in parts], "remove")
+            for i, part in parts:
+                self._shard_ids[i] = self._shard_ids[i][~np.isin(self._shard_ids[i], part)]
+            return int(sum(counts))
+
+    def search(
+        self,
+        q: Any,
+        k: int,
+        params: dict[str, Any] | None = None,
+        stats: Callable[[dict[str, Any]], Any] | None = None,
+        deadline_s: float | None = None,
+        model_version: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The merged top-k over all shards (see ``search_with_info`` for the arguments).
+
+        Returns:
+            ``(D, I)``: float32 scores and int64 ids, ``[nq, min(k, len(self))]``, best first. If the
+            deadline passed before every shard answered, the rows hold the best of the shards that
+            did (padded with -1), and ``stats`` receives ``partial=True`` and ``missing_shards``.
+        """
+        if stats is not None and not callable(stats):
+            raise VectorIndexError(f"stats must be a callable that takes a dict (e.g. info.update), got {type(stats).__name__}")
+        result = self.search_with_info(q, k, params=params, deadline_s=deadline_s, model_version=model_version)
+        if stats is not None:
+            stats(result.stats())
+        return result.D, result.I
+
+    def search_with_info(
+        self,
+        q: Any,
+        k: int,
+        params: dict[str, Any] | None = None,
+        deadline_s: float | None = None,
+        model_version: str | None = None,
+    ) -> ShardedResult:
+        """Fan the query batch out to every non-empty shard and merge their top-k exactly.
+
+        Args:
+            q: float ``[nq, dim]`` queries.
+            k: results per query (capped at ``len(self)``).
+            params: search knobs for this call (e.g. ``{"nprobe": 16}``), forwarded to every shard.
+            deadline_s: return after at most this many seconds with the shards that answered
+                (default: the index's ``deadline_s``; None waits for all).
+            model_version: the model that made ``q``.
+
+        Returns:
+            A ``ShardedResult``: ``D``, ``I``, ``partial``, ``missing_shards``, per-shard times.
+
+        Raises:
+            VectorIndexError: bad queries, k or params, or an empty index.
+            ScaleError: a bad deadline, or a closed index.
+        """
+        self._check_open()
+        t0 = time.perf_counter()
+        deadline = self.deadline_s if deadline_s is None else _check_deadline(deadline_s)
+        q = as_float32_matrix(q, "queries", self.dim)
+        k = check_k(k)
+        settings = self._template._settings(params)  # validated here, once, with the kind's own checks
+        model_version = check_model_version(model_version, "queries: model_version")
+        sizes = self.shard_sizes()
+        n = sum(sizes)
+        if n == 0:
+            raise VectorIndexError(f"the sharded {self.kind!r} index is empty: add vectors before searching")
+        kk = min(k, n)
+        asked = [i for i, size in enumerate(sizes) if size]
+        if kk == 0 or len(q) == 0:
+            empty = (np.empty((len(q), kk), np.float32), np.empty((len(q), kk), np.int64))
+            return ShardedResult(*empty, False, [], len(asked), len(asked), [None] * self.n_shards, 0.0)
+        shard_params = dict(params) if settings and params else None
+        fan = self._fan_out_local if self.backend == "local" else self._fan_out_ray
+        answers, shard_ms, errors = fan(asked, q, kk, shard_params, model_version, deadline, t0)
+        parts = [answers[i] for i in asked if i in answers]
+        larger = self.metric != "l2"
+        if parts:
+            D, I = merge_topk([p[0] for p in parts], [p[1] for p in parts], kk, larger_is_better=larger)  # noqa: E741
+        else:
+            D, I = np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)  # noqa: E741
+        if D.shape[1] < kk:  # only when shards are missing: keep the promised shape, padded
+            pad = kk - D.shape[1]
+            D = np.hstack([D, np.full((len(q), pad), -np.inf if larger else np.inf, np.float32)])
+            I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])  # noqa: E741
+        missing = [i for i in asked if i not in answers]
+        return ShardedResult(
+            D=D.astype(np.float32, copy=False), I=I.astype(np.int64, copy=False), partial=bool(missing), missing_shards=missing,
+            shards_answered=len(asked) - len(missing), shards_searched=len(asked), shard_ms=shard_ms,
+            elapsed_ms=(time.perf_counter() - t0) * 1e3, errors=errors,
+        )
+
+    def _fan_out_local(self, asked, q, k, params, model_version, deadline, t0):
+        shards, delays = list(self._shards), list(self._delays)  # this call's snapshot
+
+        def one(i: int):
+            if delays[i]:
+                time.sleep(delays[i])
+            D, I = shards[i].search(q, k, params=params, model_version=model_version)  # noqa: E741
+            return D, I, (time.perf_counter() - t0) * 1e3
+
+        answers: dict[int, tuple] = {}
+        shard_ms: list[float | None] = [None] * self.n_shards
+        if self._executor is None and deadline is None:
+            for i in asked:
+                D, I, ms = one(i)  # noqa: E741
+                answers[i], shard_ms[i] = (D, I), ms
+            return answers, shard_ms, {}
+        executor = self._executor or ThreadPoolExecutor(max_workers=1)
+        futures = {executor.submit(one, i): i for i in asked}
+        remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - t0))
+        done, _ = wait_futures(futures, timeout=remaining)
+        for future in done:
+            D, I, ms = future.result()  # a shard's VectorIndexError (e.g. another model) is the caller's
+            answers[futures[future]], shard_ms[futures[future]] = (D, I), ms
+        if self._executor is None:
+            executor.shutdown(wait=False)
+        return answers, shard_ms, {}
+
+    def _fan_out_ray(self, asked, q, k, params, model_version, deadline, t0):
+        ray = self._ray
+        q_ref = ray.put(q) if q.nbytes > 100_000 else q  # a big batch: one copy in the object store, read by every shard
+        refs = {self._actors[i].search.remote(q_ref, k, params, model_version): i for i in asked}
+        answers: dict[int, tuple] = {}
+        errors: dict[int, str] = {}
+        shard_ms: list[float | None] = [None] * self.n_shards
+        pending = list(refs)
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - t0))
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                break  # the deadline passed: the rest are missing
+            for ref in ready:
+                i = refs[ref]
+                try:
+                    D, I = ray.get(ref)  # noqa: E741
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, VisualSearchError):
+                        raise type(cause)(str(cause)) from None
+                    errors[i] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    continue
+                except ray.exceptions.RayError as err:  # the actor died or is restarting: this shard is missing
+                    errors[i] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    continue
+                answers[i], shard_ms[i] = (D, I), (time.perf_counter() - t0) * 1e3
+        return answers, shard_ms, errors
+
+    # ------------------------------------------------------------------------------ fault injection
+    def kill_shard(self, i: int) -> None:
+        """(ray) Kill shard ``i``'s actor, as a crash would: Ray restarts it, and it reloads its file.
+
+        Searches meanwhile miss that shard (partial answers within their deadline); once the
+        actor is back they are complete again.
+        """
+        self._need_ray("kill_shard")
+        i = check_int(i, "shard", low=0, high=self.n_shards - 1, error=ScaleError)
+        self._ray.kill(self._actors[i], no_restart=False)
+
+    def slow_shard(self, i: int, seconds: float) -> None:
+        """Make shard ``i`` a straggler: it sleeps ``seconds`` before answering each search (0 clears it)."""
+        self._check_open()
+        i = check_int(i, "shard", low=0, high=self.n_shards - 1, error=ScaleError)
+        seconds = check_real(seconds, "seconds", low=0.0, high=3600.0, error=ScaleError)
+        if self.backend == "local":
+            self._delays[i] = seconds
+        else:
+            self._ray_get([self._actors[i].set_delay.remote(seconds)], "slow_shard")
+
+    def wait_until_complete(self, timeout_s: float = 30.0, probe: Any = None) -> float:
+        """Wait until every shard answers a probe search (after a kill, once Ray restarted it).
+
+        Returns:
+            Seconds waited.
+
+        Raises:
+            ScaleError: some shard still does not answer after ``timeout_s``.
+        """
+        self._check_open()
+        probe = np.zeros((1, self.dim), np.float32) if probe is None else probe
+        t0 = time.perf_counter()
+        while True:
+            if len(self) == 0 or not self.search_with_info(probe, 1, deadline_s=max(0.5, min(5.0, timeout_s))).partial:
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout_s:
+                raise ScaleError(f"some shard did not answer for {timeout_s:g} s")
+            time.sleep(0.1)
+
+    # ---------------------------------------------------------------------------------- files, close
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a manifest and one index file per shard into ``directory``. Returns the directory."""
+        self._check_open()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        names = [f"shard-{i:04d}-of-{self.n_shards:04d}.vsindex" for i in range(self.n_shards)]
+        with self._write_lock:
+            if self.backend == "local":
+                for shard, name in zip(self._shards, names):
+                    shard.save(directory / name)
+            else:
+                self._ray_get([a.save_to.remote(str(directory / name)) for a, name in zip(self._actors, names)], "save")
+            manifest = {
+                "format": MANIFEST_FORMAT, "kind": self.kind, "dim": self.dim, "metric": self.metric, "n_shards": self.n_shards,
+                "params": self.params(), "model_version": self.model_version, "is_trained": self.is_trained, "shards": names,
+                "sizes": self.shard_sizes(),
+            }
+            tmp = directory / (MANIFEST + ".tmp")
+            tmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(tmp, directory / MANIFEST)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, backend: str = "local", **options: Any) -> ShardedIndex:
+        """Read what ``save`` wrote; every id is checked to be on the shard ``shard_of`` says.
+
+        Args:
+            directory: the folder with the manifest and the shard files.
+            backend: ``"local"`` or ``"ray"`` (any backend can load what any backend saved).
+            **options: the keyword options of the constructor (``deadline_s``, ``shard_dir``, ...).
+
+        Raises:
+            ScaleError: a missing or inconsistent manifest, or an id on the wrong shard.
+            VectorIndexError: a damaged shard file.
+        """
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            raise ScaleError(f"{directory}: no readable {MANIFEST} ({err})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise ScaleError(f"{directory / MANIFEST}: not a sharded-index manifest of format {MANIFEST_FORMAT}")
+        n_shards = _check_n_shards(manifest.get("n_shards"))
+        names = manifest.get("shards")
+        if not isinstance(names, list) or len(names) != n_shards or not all(isinstance(n, str) and "/" not in n for n in names):
+            raise ScaleError(f"{directory / MANIFEST}: 'shards' must list {n_shards} file names")
+        shards = [load_index(directory / name) for name in names]
+        for i, shard in enumerate(shards):
+            if (shard.kind, shard.dim, shard.metric) != (manifest.get("kind"), manifest.get("dim"), manifest.get("metric")):
+                raise ScaleError(f"{directory / names[i]}: a {shard.kind!r} index of dim {shard.dim}, not what the manifest says")
+            wrong = shard_of(shard.ids, n_shards) != i
+            if wrong.any():
+                raise ScaleError(f"{directory / names[i]}: id {int(shard.ids[wrong][0])} belongs on shard {int(shard_of(shard.ids[wrong][:1], n_shards)[0])}, not {i}")
+        params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+        index = cls(manifest["kind"], manifest["dim"], n_shards, backend, manifest["metric"], model_version=manifest.get("model_version"),
+                    _existing=shards, **options, **params)
+        if shards[0].is_trained and index.needs_training:
+            template = _copies(shards[0], 1)[0]
+            template.remove(template.ids)
+            index._template, index.is_trained = template, True
+        return index
+
+    def close(self) -> None:
+        """Stop the shard actors (ray) or the search threads (local); remove a temporary shard_dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        for actor in self._actors:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone, or Ray already shut down
+                pass
+        self._actors = []
+        if self._own_dir:
+            shutil.rmtree(self.shard_dir, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ScaleError("this ShardedIndex is closed")
+
+    def _need_ray(self, what: str) -> None:
+        self._check_open()
+        if self.backend != "ray":
+            raise ScaleError(f"{what} needs backend='ray' (shard actors); this index is backend={self.backend!r}")
+
+
+# ------------------------------------------------------------------------------------ measurement
+def measure_shard_latency(
+    x: np.ndarray,
+    q: np.ndarray,
+    shard_counts: Sequence[int] = (1, 2, 4, 8),
+    kind: str = "exact",
+    backend: str = "ray",
+    k: int = 10,
+    metric: str = "l2",
+    n_single: int = 200,
+    repeats: int = 3,
+    **params: Any,
+) -> list[dict[str, Any]]:
+    """Per-query latency and batch throughput of a sharded index against S, with its exactness.
+
+    For each S: build a ``ShardedIndex`` over ``x`` and time (a) ``n_single`` queries sent one at
+    a time (what a user waits for: p50 and p95 in ms), (b) the whole batch ``q`` in one call
+    (queries per second, best of ``repeats``). The unsharded index of the same kind, built on the
+    same training, answers the same queries beside it, and ``exact_match`` is the fraction of
+    queries whose merged ids equal its ids (1.0 expected: the merge is exact).
+
+    Args:
+        x: float ``[N, dim]`` vectors (also the training set for kinds that need training).
+        q: float ``[nq, dim]`` queries.
+        shard_counts: the S values to measure.
+        kind, metric, **params: the shard index (as for ``ShardedIndex``).
+        backend: ``"ray"`` or ``"local"``.
+        k: results per query.
+        n_single: queries timed one at a time (the first ``n_single`` of ``q``).
+        repeats: batch timings per S (the best is kept).
+
+    Returns:
+        One dict per S: ``n_shards, backend, kind, n, dim, k, p50_ms, p95_ms, mean_ms, batch_qps,
+        unsharded_p50_ms, unsharded_batch_qps, exact_match, build_s``.
+    """
+    x = as_float32_matrix(x, "x")
+    q = as_float32_matrix(q, "queries", x.shape[1])
+    n_single = check_int(n_single, "n_single", low=1, error=ScaleError)
+    repeats = check_int(repeats, "repeats", low=1, error=ScaleError)
+    reference = build_index(kind, x.shape[1], metric, **params)
+    reference.train(x)
+    reference.add(x)
+    single = q[:n_single]
+
+    def latencies(search) -> np.ndarray:
+        out = np.empty(len(single))
+        for j in range(len(single)):
+            t = time.perf_counter()
+            search(single[j : j + 1])
+            out[j] = (time.perf_counter() - t) * 1e3
+        return out
+
+    def best_qps(search) -> float:
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            search(q)
+            best = min(best, time.perf_counter() - t)
+        return len(q) / best
+
+    ref_ids = reference.search(q, k)[1]
+    ref_lat = latencies(lambda v: reference.search(v, k))
+    ref_qps = best_qps(lambda v: reference.search(v, k))
+    rows = []
+    for s in shard_counts:
+        t = time.perf_counter()
+        with ShardedIndex(kind, x.shape[1], s, backend=backend, metric=metric, **params) as index:
+            index.train(x)
+            index.add(x)
+            build_s = time.perf_counter() - t
+            index.search(single[:5], k)  # warm-up: the first call to an actor pays for its imports
+            lat = latencies(lambda v: index.search(v, k))
+            qps = best_qps(lambda v: index.search(v, k))
+            ids = index.search(q, k)[1]
+        rows.append({
+            "n_shards": int(s), "backend": backend, "kind": kind, "n": len(x), "dim": x.shape[1], "k": k,
+            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)), "mean_ms": float(lat.mean()),
+            "batch_qps": float(qps), "unsharded_p50_ms": float(np.percentile(ref_lat, 50)), "unsharded_batch_qps": float(ref_qps),
+            "exact_match": float((ids == ref_ids).all(axis=1).mean()), "build_s": build_s,
+        })
+    return rows
+
+
+__all__ = ["BACKENDS", "MAX_SHARDS", "ShardedIndex", "ShardedResult", "measure_shard_latency", "shard_of"]
