@@ -332,9 +332,14 @@ def plan_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def to_json_dict(result: dict[str, Any]) -> dict[str, Any]:
+    """The plan as plain JSON types (rows and ranges as lists), for results files."""
+    return json.loads(to_json(result))
+
+
 def to_json(result: dict[str, Any]) -> str:
     """The plan as JSON (the rows as lists)."""
     return json.dumps({**result, "rows": [list(r) for r in result["rows"]]}, indent=2, default=float) + "\n"
 
 
-__all__ = ["ASSUMPTIONS", "KINDS", "format_plan", "load_measurements", "parse_index", "plan", "plan_markdown", "to_json"]
+__all__ = ["ASSUMPTIONS", "KINDS", "format_plan", "load_measurements", "parse_index", "plan", "plan_markdown", "to_json", "to_json_dict"]
