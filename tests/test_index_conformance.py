@@ -32,6 +32,8 @@ CONFIGS = [
     ("faiss-hnsw", "faiss", {"factory": "HNSW16", "search_params": {"efSearch": 64}}, 0.9, (200, 260)),  # + 2M links of 4 bytes
     ("faiss-lsh", "faiss", {"factory": "LSHrt"}, 0.2, (10, 10)),  # dim bits + 8
     ("annoy", "annoy", {"n_trees": 20}, 0.9, (136, 600)),  # the kept vectors, plus Annoy's items and tree nodes
+    # ScaNN's files: float32 vectors for re-ordering 4 dim, a code byte per 2-d block dim / 2, a leaf token 4; row map 8, id 8
+    ("scann", "scann", {"num_leaves": 16, "num_leaves_to_search": 6, "reorder": 50}, 0.9, (92, 92)),
     ("sklearn-kdtree", "sklearn-kdtree", {}, 1.0, (144, 260)),  # the kept vectors, scikit-learn's copy and index
     ("sklearn-balltree", "sklearn-balltree", {}, 1.0, (144, 260)),
 ]
@@ -494,11 +496,12 @@ def test_search_params_apply_to_one_call_only(config, data):
     stored = {name: getattr(index, name) for name in names}
     default = index.search(q, K)
     name = names[0]
-    value = {"nprobe": 1, "efSearch": 10, "n_probes": 0, "search_k": 25}[name]
+    value = {"nprobe": 1, "efSearch": 10, "n_probes": 0, "search_k": 25, "leaves_to_search": 1}[name]
     D, I = index.search(q, K, params={name: value})
     assert {n: getattr(index, n) for n in names} == stored, "a per-call parameter changed the stored default"
     np.testing.assert_array_equal(index.search(q, K)[1], default[1])
-    reference = make(config, **({"search_params": {**config[2].get("search_params", {}), name: value}} if config[1] == "faiss" else {name: value}))
+    built_as = {"leaves_to_search": "num_leaves_to_search"}.get(name, name)  # ScaNN's builder names its default so
+    reference = make(config, **({"search_params": {**config[2].get("search_params", {}), name: value}} if config[1] == "faiss" else {built_as: value}))
     reference.train(x).add(x)
     np.testing.assert_array_equal(I, reference.search(q, K)[1])
     with pytest.raises(VectorIndexError, match="unknown search parameter.*bogus"):

@@ -8,8 +8,8 @@
 
 Written by hand, because they are the lesson: ``exact``, ``kdtree``, ``lsh``,
 ``ivf``, ``pq``, ``ivfpq``. Backed by libraries, for when you outgrow the course:
-``faiss`` (any index_factory string), ``annoy``, ``sklearn-kdtree``,
-``sklearn-balltree``. ``minhash`` holds datasketch's MinHash LSH for
+``faiss`` (any index_factory string), ``annoy``, ``scann`` (Google's
+tree + anisotropic codes + re-ordering), ``sklearn-kdtree``, ``sklearn-balltree``. ``minhash`` holds datasketch's MinHash LSH for
 near-duplicate detection, which works on sets rather than vectors.
 
 The package, by job:
@@ -19,11 +19,11 @@ The package, by job:
     base         BaseIndex and StaticIndex: snapshot state, one writer at a time
     registry     REGISTRY, register, build_index
     io           the checksummed file format: save / load_index
-    exact kdtree lsh kmeans ivf pq backends minhash   one file a kind
+    exact kdtree lsh kmeans ivf pq backends scann_index minhash   one file a kind
 """
 
 from visual_search.errors import VectorIndexError
-from visual_search.index import backends, exact, ivf, kdtree, lsh, pq  # noqa: F401  (registers the kinds)
+from visual_search.index import backends, exact, ivf, kdtree, lsh, pq, scann_index  # noqa: F401  (registers the kinds)
 from visual_search.index.base import BaseIndex, StaticIndex
 from visual_search.index.exact import exact_search
 from visual_search.index.io import load_index

@@ -29,7 +29,7 @@ def build_index(kind: str, dim: int, metric: str = "l2", *, model_version: str |
 
     Args:
         kind: e.g. ``"exact"``, ``"kdtree"``, ``"lsh"``, ``"ivf"``, ``"pq"``, ``"ivfpq"``,
-            ``"faiss"``, ``"annoy"``, ``"sklearn-kdtree"``, ``"sklearn-balltree"``.
+            ``"faiss"``, ``"annoy"``, ``"scann"``, ``"sklearn-kdtree"``, ``"sklearn-balltree"``.
         dim: vector dimension.
         metric: ``"l2"``, ``"ip"`` or ``"cosine"``.
         model_version: the embedding model whose vectors the index will hold
