@@ -299,6 +299,10 @@ class ScannIndex(BaseIndex):
             rows[target] = rows[size]
         searcher = self._load(self._files(state["scann"]))
         self._call("remove", searcher.searcher.delete, targets)
+        # Once more through the files: a deleting searcher keeps its leaves' lists in their old order,
+        # a loaded one sorts them, and scores tied in the 8-bit lookup tables then rank differently.
+        # Written and read back here, the index searches exactly as a saved and loaded copy of it will.
+        searcher = self._load(self._files(searcher))
         renumber = np.cumsum(~drop) - 1  # survivors keep their order, renumbered 0..n-1
         return {"scann": searcher, "rows": renumber[rows[:size]]}
 
