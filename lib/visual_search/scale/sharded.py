@@ -262,7 +262,9 @@ class ShardedIndex:
         deadline_s: default deadline of ``search`` in seconds (None: wait for every shard).
         model_version: the embedding model of the vectors (see ``build_index``).
         shard_dir: (ray) where each shard's file lives; default a new temporary folder, removed
-            by ``close``. On a cluster this must be a folder every node sees.
+            by ``close``. On a cluster this must be a folder every node sees. A new index writes
+            fresh (empty) shard files there; reopen saved data with ``ShardedIndex.load``, and
+            give two live indexes two folders.
         address: (ray) the cluster to join (``ray_runtime.start``); None: a local Ray.
         actor_cpus: (ray) the CPU share each actor reserves; the default 0 lets 8 shards run on
             a 2-CPU local Ray (they then share the cores, as threads would).
@@ -533,7 +535,7 @@ class ShardedIndex:
             except ray.exceptions.RayError:
                 pass  # best effort; the error below says the add failed
             first = failed[min(failed)]
-            if isinstance(first, VectorIndexError) and not isinstance(first, ScaleError):
+            if isinstance(first, VectorIndexError):  # the shard refused the data: the caller's error, as it is
                 raise first
             raise ScaleError(f"sharded add failed on shard(s) {sorted(failed)} ({first}); the other shards gave their part back")
         for i, rows in parts:
@@ -793,8 +795,13 @@ class ShardedIndex:
         index = cls(manifest["kind"], manifest["dim"], n_shards, backend, manifest["metric"], model_version=manifest.get("model_version"),
                     _existing=shards, **options, **params)
         if shards[0].is_trained and index.needs_training:
+            # The template carries the shared training (for search-parameter checks and a later
+            # ``train`` copy); emptied, so that it holds only what every shard shares.
             template = _copies(shards[0], 1)[0]
-            template.remove(template.ids)
+            try:
+                template.remove(template.ids)
+            except VectorIndexError:
+                pass  # a kind that cannot remove: the template is used for checks only, and train refuses anyway
             index._template, index.is_trained = template, True
         return index
 
