@@ -20,10 +20,11 @@ The job, step by step:
 
 Exactly once, even when a worker dies mid-run
 ---------------------------------------------
-A worker process may die at any moment (a node lost, OOM, ``kill -9``). Ray Data runs the
-actor pool with ``max_restarts`` and ``max_task_retries`` (``max_retries`` here): a dead
-actor is restarted, loads the encoder again, and the batches of the task it was running are
-handed out again, from the same input blocks, split the same way. So a row may be
+A worker process may die at any moment (a node lost, OOM, ``kill -9``). Ray Data (2.60)
+creates actor-pool actors with ``max_restarts=-1`` and ``max_task_retries=-1``
+(``ActorPoolMapOperator._apply_default_remote_args``): a dead actor is restarted, loads the
+encoder again, and the task it was running is submitted again with the same input blocks,
+so its batches are split the same way. So a row may be
 *embedded* twice, but it is *stored* once, because of how shards are written:
 
 * A shard's name is derived from its content: ``part-<first id>-<SHA-256 of its ids>.parquet``.
@@ -250,7 +251,7 @@ def _inspect_input(input_dir: str | Path) -> tuple[pyarrow.fs.FileSystem, list[s
             raise ScaleError(f"input_dir: {path} is not a readable Parquet file ({type(e).__name__}: {e})") from e
         schema = meta.schema.to_arrow_schema()
         if schema.names[:2] != ["id", "image"] or schema.field("id").type != pa.int64() or schema.field("image").type not in (pa.binary(), pa.large_binary()):
-            raise ScaleError(f"input_dir: {path} has columns {schema}, expected (id int64, image binary) as write_image_shards writes")
+            raise ScaleError(f"input_dir: {path} has columns {[f'{f.name} {f.type}' for f in schema]}, expected (id int64, image binary) as write_image_shards writes")
         raw = (schema.metadata or {}).get(IMAGE_SHAPE_KEY)
         try:
             file_shape = tuple(int(v) for v in json.loads(raw))
@@ -313,6 +314,7 @@ class _EmbedWorker:
 
         from visual_search.models import load_pretrained
 
+        started = time.perf_counter()
         torch.set_num_threads(1)  # one core per actor: the pool, not torch, spreads the work
         blob = ray.get(weights[0])
         with tempfile.TemporaryDirectory() as tmp:
@@ -326,6 +328,7 @@ class _EmbedWorker:
         self.fs, self.staging = _filesystem(staging, "staging")
         self.forward_batch = forward_batch
         self.die_on_id, self.die_marker, self.die_after_write = die_on_id, die_marker, die_after_write
+        self.init_seconds = time.perf_counter() - started  # reported with the first batch only
 
     def _maybe_die(self, ids: np.ndarray) -> None:
         if self.die_on_id is None or self.die_on_id not in ids:
@@ -343,6 +346,7 @@ class _EmbedWorker:
 
         from visual_search.embed import embed
 
+        started = time.perf_counter()
         ids = np.asarray(batch["id"], dtype=np.int64)
         h, w = self.shape
         blobs = batch["image"]
@@ -362,7 +366,9 @@ class _EmbedWorker:
         _write_atomic(self.fs, table, f"{self.staging}/{name}")
         if self.die_after_write:
             self._maybe_die(ids)
-        return {"file": np.array([name]), "rows": np.array([len(ids)], dtype=np.int64), "dim": np.array([dim], dtype=np.int64)}
+        init, self.init_seconds = self.init_seconds, 0.0
+        return {"file": np.array([name]), "rows": np.array([len(ids)], dtype=np.int64), "dim": np.array([dim], dtype=np.int64),
+                "seconds": np.array([time.perf_counter() - started]), "init_seconds": np.array([init]), "pid": np.array([os.getpid()])}
 
 
 def _guard_fsspec_http() -> None:
@@ -391,15 +397,16 @@ def _quiet_ray_data(progress: bool) -> Iterator[Any]:
 
     ctx = DataContext.get_current()
     saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start", "max_errored_blocks")}
-    loggers = [logging.getLogger(name) for name in ("ray.data", "ray.data._internal.execution.streaming_executor")]
+    # WARNING for Ray Data; ERROR for its progress module, whose only message says that bars are off
+    loggers = {logging.getLogger("ray.data"): logging.WARNING, logging.getLogger("ray.data._internal.progress"): logging.ERROR}
     levels = [lg.level for lg in loggers]
     try:
         ctx.enable_progress_bars = progress
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.max_errored_blocks = 0  # never skip a block: a row is embedded or the job fails
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
+        for lg, level in loggers.items():
+            lg.setLevel(level)
         yield ctx
     finally:
         for k, v in saved.items():
@@ -417,7 +424,6 @@ def run_embedding_job(
     checkpoint: str | Path | Encoder | None = None,
     address: str | None = None,
     forward_batch: int = DEFAULT_FORWARD_BATCH,
-    max_retries: int = 3,
     overwrite: bool = False,
     progress: bool = False,
     _die_on_id: int | None = None,
@@ -432,7 +438,8 @@ def run_embedding_job(
         input_dir: a folder (or URI) of Parquet files written by ``write_image_shards``.
         output_dir: where the shards go (created; a local path or URI). It must not hold
             shards already, unless ``overwrite`` (then the old shards are replaced at the commit).
-        num_workers: actors in the pool, each with one CPU and one torch thread.
+        num_workers: actors in the pool, each with one torch thread and one CPU reserved
+            (0.9 x CPUs / workers when the pool would take the whole cluster, see below).
         batch_size: images per actor call, and so rows per output shard; larger batches
             amortise the per-call and per-file costs, smaller ones spread the work more evenly.
         checkpoint: the encoder: None for the committed SimCLR CNN (``load_pretrained``), a
@@ -440,8 +447,6 @@ def run_embedding_job(
         address: None to start (or reuse) a local Ray; ``"auto"``, ``"HOST:PORT"`` or
             ``"ray://HOST:10001"`` to join a cluster (``ray_runtime.start``).
         forward_batch: images per forward pass inside ``embed``.
-        max_retries: how often a dead actor is restarted and its task retried (Ray's
-            ``max_restarts`` / ``max_task_retries``); raise it on preemptible nodes.
         overwrite: replace the shards of an earlier run in ``output_dir``.
         progress: show Ray Data's overall progress bar (off by default: quiet in a notebook).
         _die_on_id, _die_marker, _die_after_write: fault injection for tests (see ``_EmbedWorker``).
@@ -450,12 +455,15 @@ def run_embedding_job(
         A report: ``rows``, ``seconds`` (wall time, Ray start excluded), ``images_per_s``,
         ``num_workers``, ``batch_size``, ``files`` (the shards written), ``input_files``,
         ``model_version``, ``embedding_dim``, ``output_dir``, ``discarded_files`` (staged
-        leftovers of retried tasks that were not committed) and ``address``.
+        leftovers of retried tasks that were not committed), ``worker_seconds`` (the actors'
+        time in their batches, summed), ``worker_init_seconds`` (their start-up: torch and
+        the model, summed), ``worker_pids`` (the processes that wrote the committed shards)
+        and ``address``.
 
     Raises:
         ScaleError: naming the input, for a missing or empty ``input_dir``, files that are not
-            the job's input, a bad ``num_workers``, ``batch_size``, ``forward_batch`` or
-            ``max_retries``, a bad checkpoint, an ``output_dir`` that already holds shards,
+            the job's input, a bad ``num_workers``, ``batch_size``, ``forward_batch``,
+            a bad checkpoint, an ``output_dir`` that already holds shards,
             more workers than the cluster has CPUs, or a job whose shards do not hold exactly
             the input's rows (nothing is committed then).
     """
@@ -464,7 +472,6 @@ def run_embedding_job(
     num_workers = check_int(num_workers, "num_workers", low=1, error=ScaleError)
     batch_size = check_int(batch_size, "batch_size", low=1, error=ScaleError)
     forward_batch = check_int(forward_batch, "forward_batch", low=1, error=ScaleError)
-    max_retries = check_int(max_retries, "max_retries", low=0, error=ScaleError)
     if (_die_on_id is None) != (_die_marker is None):
         raise ScaleError("_die_on_id and _die_marker go together")
     in_fs, in_files, shape, rows = _inspect_input(input_dir)
@@ -477,6 +484,9 @@ def run_embedding_job(
     cpus = ray.cluster_resources().get("CPU", 0)
     if num_workers > cpus:
         raise ScaleError(f"num_workers: {num_workers} workers need {num_workers} CPUs, the Ray cluster has {cpus:g}")
+    # One CPU per actor; when the pool would take every CPU of the cluster (2 workers on a 2-core laptop), a
+    # little less, or Ray Data finds no budget left to schedule its read tasks and the job never starts.
+    worker_cpus = min(1.0, 0.9 * cpus / num_workers)
     job_id = uuid.uuid4().hex[:12]
     staging = f"{out_folder}/{STAGING_DIR}/{job_id}"
     out_fs.create_dir(staging, recursive=True)
@@ -487,20 +497,19 @@ def run_embedding_job(
     try:
         _guard_fsspec_http()
         with _quiet_ray_data(progress):
-            ds = ray.data.read_parquet(in_files, filesystem=in_fs, columns=["id", "image"], num_cpus=0)  # I/O: leave the CPUs to the actors
+            ds = ray.data.read_parquet(in_files, filesystem=in_fs, columns=["id", "image"], num_cpus=0,
+                                      override_num_blocks=len(in_files))  # I/O: leave the CPUs to the actors
             ds = ds.map_batches(
                 _EmbedWorker,
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=num_workers),
-                num_cpus=1,
+                num_cpus=worker_cpus,
                 fn_constructor_kwargs={
                     "weights": [weights_ref], "model_version": model_version, "image_shape": shape, "staging": staging_uri,
                     "forward_batch": forward_batch, "die_on_id": _die_on_id,
                     "die_marker": None if _die_marker is None else os.fspath(_die_marker), "die_after_write": _die_after_write,
                 },
-                max_restarts=max_retries,
-                max_task_retries=max_retries,
             )
             written = ds.take_all()
         seconds = time.perf_counter() - start
@@ -554,7 +563,9 @@ def _commit(fs: pyarrow.fs.FileSystem, folder: str, staging: str, written: list[
                 "files": {name: shards[name] for name in sorted(shards)}}
     _write_text_atomic(fs, json.dumps(manifest, indent=1), f"{folder}/{MANIFEST_NAME}")
     return {"rows": rows, "files": sorted(shards), "model_version": model_version, "embedding_dim": manifest["embedding_dim"],
-            "discarded_files": discarded}
+            "discarded_files": discarded, "worker_seconds": float(sum(item["seconds"] for item in written)),
+            "worker_init_seconds": float(sum(item["init_seconds"] for item in written)),
+            "worker_pids": sorted({int(item["pid"]) for item in written})}
 
 
 # ---- reading the output ------------------------------------------------------------------------------
