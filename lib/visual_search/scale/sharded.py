@@ -269,7 +269,7 @@ class ShardedIndex:
         actor_cpus: (ray) the CPU share each actor reserves; the default 0 lets 8 shards run on
             a 2-CPU local Ray (they then share the cores, as threads would).
         write_timeout_s: (ray) how long a write waits for the shards before raising.
-        threads: (local) threads searching the shards (default ``min(S, cores)``).
+        threads: (local) threads searching the shards (default one per shard, at most 64).
 
     Raises:
         ScaleError: a bad shard count, backend, deadline or option.
@@ -319,7 +319,9 @@ class ShardedIndex:
         self._own_dir = False
         if backend == "local":
             self._shards = list(_existing) if _existing is not None else _copies(self._template, self.n_shards)
-            workers = threads or min(self.n_shards, os.cpu_count() or 1)
+            # One thread per shard by default: a straggler then holds only its own thread, and the
+            # deadline still sees every other shard answer (the threads mostly wait in NumPy/Faiss).
+            workers = threads or min(self.n_shards, 64)
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") if self.n_shards > 1 else None
         else:
             self._start_actors(shard_dir, address, actor_cpus, _existing)
