@@ -346,7 +346,7 @@ class _EmbedWorker:
 
         from visual_search.embed import embed
 
-        started = time.perf_counter()
+        started, wall_start = time.perf_counter(), time.time()
         ids = np.asarray(batch["id"], dtype=np.int64)
         h, w = self.shape
         blobs = batch["image"]
@@ -368,7 +368,8 @@ class _EmbedWorker:
             self._maybe_die(ids)
         init, self.init_seconds = self.init_seconds, 0.0
         return {"file": np.array([name]), "rows": np.array([len(ids)], dtype=np.int64), "dim": np.array([dim], dtype=np.int64),
-                "seconds": np.array([time.perf_counter() - started]), "init_seconds": np.array([init]), "pid": np.array([os.getpid()])}
+                "seconds": np.array([time.perf_counter() - started]), "init_seconds": np.array([init]), "pid": np.array([os.getpid()]),
+                "started_at": np.array([wall_start]), "finished_at": np.array([time.time()])}
 
 
 def _guard_fsspec_http() -> None:
@@ -396,7 +397,8 @@ def _quiet_ray_data(progress: bool) -> Iterator[Any]:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start", "max_errored_blocks")}
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start", "max_errored_blocks",
+                                          "use_datasource_v2")}
     # WARNING for Ray Data; ERROR for its progress module, whose only message says that bars are off
     loggers = {logging.getLogger("ray.data"): logging.WARNING, logging.getLogger("ray.data._internal.progress"): logging.ERROR}
     levels = [lg.level for lg in loggers]
@@ -405,6 +407,9 @@ def _quiet_ray_data(progress: bool) -> Iterator[Any]:
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.max_errored_blocks = 0  # never skip a block: a row is embedded or the job fails
+        # The V1 Parquet reader makes one read task per file (override_num_blocks): the V2 reader merges small
+        # files into one task, whose single output block then goes to one actor while the others idle.
+        ctx.use_datasource_v2 = False
         for lg, level in loggers.items():
             lg.setLevel(level)
         yield ctx
@@ -457,8 +462,9 @@ def run_embedding_job(
         ``model_version``, ``embedding_dim``, ``output_dir``, ``discarded_files`` (staged
         leftovers of retried tasks that were not committed), ``worker_seconds`` (the actors'
         time in their batches, summed), ``worker_init_seconds`` (their start-up: torch and
-        the model, summed), ``worker_pids`` (the processes that wrote the committed shards)
-        and ``address``.
+        the model, summed), ``worker_pids`` (the processes that wrote the committed shards),
+        ``processing_seconds`` (first batch started to last batch done: the job without its
+        start-up) and ``address``.
 
     Raises:
         ScaleError: naming the input, for a missing or empty ``input_dir``, files that are not
@@ -484,9 +490,11 @@ def run_embedding_job(
     cpus = ray.cluster_resources().get("CPU", 0)
     if num_workers > cpus:
         raise ScaleError(f"num_workers: {num_workers} workers need {num_workers} CPUs, the Ray cluster has {cpus:g}")
-    # One CPU per actor; when the pool would take every CPU of the cluster (2 workers on a 2-core laptop), a
-    # little less, or Ray Data finds no budget left to schedule its read tasks and the job never starts.
-    worker_cpus = min(1.0, 0.9 * cpus / num_workers)
+    # One CPU per actor, unless the pool would take more than half the cluster's CPUs: Ray Data 2.60's resource
+    # reservation (half the cluster, shared by the operators) then finds no budget for the read tasks and the job
+    # waits forever (measured: 2 actors of 1.0 or 0.9 CPU on 2 CPUs hang; 0.5 runs). Logical CPUs only: each actor
+    # still runs one torch thread, so 2 workers on a 2-core laptop use both cores.
+    worker_cpus = min(1.0, 0.5 * cpus / num_workers)
     job_id = uuid.uuid4().hex[:12]
     staging = f"{out_folder}/{STAGING_DIR}/{job_id}"
     out_fs.create_dir(staging, recursive=True)
@@ -531,6 +539,16 @@ def _delete_dir(fs: pyarrow.fs.FileSystem, path: str) -> None:
         pass
 
 
+def _delete_if_empty(fs: pyarrow.fs.FileSystem, path: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        if not fs.get_file_info(pafs.FileSelector(path)):
+            fs.delete_dir(path)
+    except Exception:  # noqa: BLE001 - best effort, as _delete_dir
+        pass
+
+
 def _commit(fs: pyarrow.fs.FileSystem, folder: str, staging: str, written: list[dict[str, Any]], rows: int,
             model_version: str, overwrite: bool) -> dict[str, Any]:
     """Move the reported shards from staging into ``folder`` if they hold exactly ``rows`` rows; write the manifest."""
@@ -559,13 +577,17 @@ def _commit(fs: pyarrow.fs.FileSystem, folder: str, staging: str, written: list[
         fs.move(f"{staging}/{name}", f"{folder}/{name}")
     discarded = len(staged) - len(shards)
     _delete_dir(fs, staging)
+    _delete_if_empty(fs, f"{folder}/{STAGING_DIR}")
     manifest = {"model_version": model_version, "rows": rows, "embedding_dim": dims.pop() if len(dims) == 1 else None,
                 "files": {name: shards[name] for name in sorted(shards)}}
     _write_text_atomic(fs, json.dumps(manifest, indent=1), f"{folder}/{MANIFEST_NAME}")
     return {"rows": rows, "files": sorted(shards), "model_version": model_version, "embedding_dim": manifest["embedding_dim"],
             "discarded_files": discarded, "worker_seconds": float(sum(item["seconds"] for item in written)),
             "worker_init_seconds": float(sum(item["init_seconds"] for item in written)),
-            "worker_pids": sorted({int(item["pid"]) for item in written})}
+            "worker_pids": sorted({int(item["pid"]) for item in written}),
+            # from the first batch's start to the last one's end (wall clocks of the workers' machines): the job
+            # without Ray's and the actors' start-up, i.e. the rate a long job settles at
+            "processing_seconds": float(max(item["finished_at"] for item in written) - min(item["started_at"] for item in written))}
 
 
 # ---- reading the output ------------------------------------------------------------------------------
@@ -675,7 +697,10 @@ def measure_throughput(
 
     Returns:
         One dict per run: ``{"mode": "single-process"|"ray", "num_workers", "rows", "seconds",
-        "images_per_s", "speedup_vs_1_worker" (ray runs), "vs_single_process"}``.
+        "images_per_s", "vs_single_process"}``; the ray runs add ``processing_seconds`` and
+        ``processing_images_per_s`` (first batch to last: without start-up), ``startup_seconds``,
+        and, when the first run has 1 worker, ``speedup_vs_1_worker`` and
+        ``processing_speedup_vs_1_worker``.
 
     Raises:
         ScaleError: for bad images or worker counts (see ``run_embedding_job``).
@@ -700,12 +725,15 @@ def measure_throughput(
             report = run_embedding_job(in_dir, out_dir, num_workers=count, batch_size=batch_size, forward_batch=forward_batch,
                                        checkpoint=checkpoint, address=address)
             results.append({"mode": "ray", "num_workers": count, "rows": report["rows"], "seconds": report["seconds"],
-                            "images_per_s": report["images_per_s"]})
+                            "images_per_s": report["images_per_s"], "processing_seconds": report["processing_seconds"],
+                            "processing_images_per_s": report["rows"] / report["processing_seconds"],
+                            "startup_seconds": report["seconds"] - report["processing_seconds"]})
     first = next(r for r in results if r["mode"] == "ray")
     for r in results:
         r["vs_single_process"] = r["images_per_s"] / single
-        if r["mode"] == "ray":
-            r["speedup_vs_1_worker"] = r["images_per_s"] / first["images_per_s"] if first["num_workers"] == 1 else None
+        if r["mode"] == "ray" and first["num_workers"] == 1:
+            r["speedup_vs_1_worker"] = r["images_per_s"] / first["images_per_s"]
+            r["processing_speedup_vs_1_worker"] = r["processing_images_per_s"] / first["processing_images_per_s"]
     return results
 
 
