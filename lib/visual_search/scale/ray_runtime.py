@@ -13,12 +13,15 @@ the parts that do not need it (the capacity planner, the local sharded index).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from visual_search.errors import ScaleError
 
 #: Small enough for a 2-core laptop running tests; a local Ray otherwise takes 30% of memory.
 DEFAULT_OBJECT_STORE_BYTES = 256 * 2**20
+#: Tries to start a local Ray: under heavy load its node can miss Ray's own start-up deadline.
+START_ATTEMPTS = 3
 
 
 def ray_module():
@@ -41,7 +44,9 @@ def start(address: str | None = None, num_cpus: int | None = None, object_store_
         object_store_bytes: the local object store's size.
         **kwargs: passed to ``ray.init`` as they are.
 
-    If Ray is already initialised in this process it is reused as it is.
+    If Ray is already initialised in this process it is reused as it is. A local start that
+    times out (Ray gives its node a fixed 30 s, which a loaded 2-core machine can miss) is
+    retried up to ``START_ATTEMPTS`` times.
     """
     ray = ray_module()
     if ray.is_initialized():
@@ -50,12 +55,22 @@ def start(address: str | None = None, num_cpus: int | None = None, object_store_
     kwargs.setdefault("log_to_driver", False)
     kwargs.setdefault("configure_logging", True)
     kwargs.setdefault("logging_level", "warning")
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only Ray for one user
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=object_store_bytes, **kwargs)
-    else:
+    if address is not None:
         ray.init(address=address, **kwargs)
-    return ray
+        return ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only Ray for one user
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, object_store_memory=object_store_bytes, **kwargs)
+            return ray
+        except Exception as err:  # Ray raises a bare Exception when its node misses its start-up deadline
+            if "timed out during startup" not in str(err) or attempt == START_ATTEMPTS:
+                raise
+            # On a loaded machine the raylet can give up (a fixed 30 s in Ray) just before its agents are ready.
+            # Clean up what this attempt started and try again.
+            ray.shutdown()
+            time.sleep(2 * attempt)
+    return ray  # pragma: no cover - the loop returns or raises
 
 
 def stop() -> None:
