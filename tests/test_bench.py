@@ -172,6 +172,30 @@ def test_online_bench_runs_every_step_on_the_real_service(out_dirs):
     assert out["peeking"]["peeking_fpr"] > out["peeking"]["fixed_horizon_fpr"]
 
 
+def test_scale_bench_measures_growth_embedding_and_shards_on_a_real_ray(out_dirs, ray_local):
+    """Fast mode: small N, the sample, a local Ray (the test session's); the planner reads what the run wrote."""
+    from visual_search.scale import capacity
+
+    results, figures = out_dirs
+    out = bench.scale.run(seed=0)
+    _check_outputs(out, results, figures, "bench_scale")
+    assert set(out["figures"]) == {"growth", "embedding", "shards"}
+    sizes = out["sizes"]
+    keys = {r["key"] for r in out["growth"]["rows"]}
+    assert keys == set(capacity.KINDS) and len(out["growth"]["rows"]) == len(keys) * len(sizes["growth"])
+    assert all(r["recall@10"] > 0 and r["qps"] > 0 and r["bytes_per_vector"] > 0 for r in out["growth"]["rows"])
+    t = out["targets"]
+    assert t["sharded_exact_equals_unsharded"] == 1.0 and t["ivf_sharded_recall_gap"] <= 0.005
+    assert t["killed_worker_rows_lost"] == 0 and t["killed_worker_rows_duplicated"] == 0
+    assert t["killed_shard_partial"] and t["killed_shard_within_deadline"]
+    assert out["shards"]["killed_shard"]["after"]["equal_to_unsharded"] == 1.0
+    assert [r["n_shards"] for r in out["shards"]["rows"]["exact"]] == sizes["shards"]
+    # the plans come from this run's measurements, not typed-in constants
+    m = capacity.load_measurements(results / "bench_scale.json")
+    assert out["plans"][-1]["machines"] == capacity.plan(*bench.scale.PLANS[-1], measurements=m)["machines"]
+    assert ray_local.is_initialized()  # the benchmark left the session's Ray running
+
+
 def test_bench_cli_fast_flag_turns_on_fast_mode(out_dirs, monkeypatch):
     """``python -m visual_search.bench baseline --fast --seed 3`` from a shell where fast mode is off."""
     results, _ = out_dirs
@@ -192,7 +216,7 @@ def test_bench_cli_refuses_unknown_names_before_running_anything(out_dirs, monke
         bench.main(["baseline", "nonsense", "--fast"])
     assert "unknown benchmark" in capsys.readouterr().err
     assert not results.exists() and not config.is_fast()
-    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve", "online"]
+    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve", "online", "scale"]
 
 
 def test_nothing_imports_bench():

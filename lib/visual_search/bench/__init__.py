@@ -35,6 +35,12 @@ propensity weights, a six-arm A/B test, offline nDCG@10 against online CTR,
 interleaving against A/B in queries to 80% power, and A/A and peeking
 false-positive rates.
 
+``scale`` (``bench.scale``): chapter 10, the capacity planner's inputs: growth
+curves (build time, memory, QPS at recall 0.9 against N up to 1M for exact, IVF,
+IVF-PQ, HNSW and ScaNN, with the fitted exponent), the Ray embedding job with 1
+and 2 workers and with a killed worker, sharded search latency against S with a
+killed shard, and the capacity plans for 100 and 200 billion images.
+
 Output: ``config.results_dir()`` (``results/``; fast mode ``build/results-fast/``;
 ``VISUAL_SEARCH_RESULTS`` overrides) gets ``bench_<name>.json``, and
 ``config.figures_dir()`` the figures, so a fast run never overwrites committed
@@ -53,10 +59,10 @@ import argparse
 import os
 from collections.abc import Callable
 
-from visual_search.bench import ann, baseline, encoders, online, serve
+from visual_search.bench import ann, baseline, encoders, online, scale, serve
 
 #: ``name -> run(seed=0) -> dict``: what ``main`` can run, in the default order.
-BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run, "online": online.run}
+BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run, "online": online.run, "scale": scale.run}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
         BENCHMARKS[name](seed=args.seed)
 
 
-__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "online", "serve"]
+__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "online", "scale", "serve"]

@@ -33,6 +33,9 @@ _EXPORTS = {
     "run_embedding_job": "ray_embed",
     "write_image_shards": "ray_embed",
     "read_embeddings": "ray_embed",
+    "measure_throughput": "ray_embed",
+    "killed_worker_run": "ray_embed",
+    "measure_shard_latency": "sharded",
     "measure_growth": "growth",
     "fit_exponent": "growth",
 }

@@ -54,7 +54,7 @@ def plot_shard_latency(rows: Sequence[dict]):
     a.plot(s, [r["p95_ms"] for r in rows], "s--", label="p95")
     a.set(xlabel="shards S", ylabel="ms per query (one at a time)", title="fan-out latency", xticks=s)
     a.legend()
-    b.plot(s, [r["qps"] for r in rows], "o-")
+    b.plot(s, [r["batch_qps"] for r in rows], "o-")
     b.set(xlabel="shards S", ylabel="queries/s (batched)", title="batched throughput", xticks=s)
     for ax in (a, b):
         ax.grid(alpha=0.3)

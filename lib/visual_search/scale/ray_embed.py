@@ -754,4 +754,65 @@ def measure_throughput(
     return results
 
 
-__all__ = ["measure_throughput", "read_embeddings", "run_embedding_job", "write_image_shards"]
+def killed_worker_run(
+    images: np.ndarray,
+    work_dir: str | Path,
+    *,
+    num_workers: int = 2,
+    batch_size: int | None = None,
+    after_write: bool = True,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Run the job with one worker process killed mid-run, and count what was lost or stored twice.
+
+    The first batch that holds the middle image's id makes its actor end its own process with
+    ``os._exit`` (no exception, no cleanup: what SIGKILL or the OOM killer does), once; with
+    ``after_write`` it dies just after writing that batch's shard, before the driver hears of it,
+    the harder case. Ray restarts the actor and retries the task. The output is then compared
+    row by row with single-process ``embed``.
+
+    Args:
+        images: uint8 ``[N, H, W]``; ids are ``0..N-1``.
+        work_dir: a fresh folder for the input, the output and the death marker.
+        num_workers, address: as in ``run_embedding_job``.
+        batch_size: images per actor call (default: a quarter of the images, so the death is mid-run).
+        after_write: die after writing the shard (True) or before (False).
+
+    Returns:
+        ``rows`` (stored), ``expected``, ``lost`` (input ids missing from the output),
+        ``duplicated`` (stored rows beyond one per id), ``worker_died`` (the marker was written
+        by a process that no longer exists), ``dead_pid``, ``max_abs_diff`` against ``embed``,
+        ``seconds`` and ``discarded_files`` (stray shards the commit deleted).
+    """
+    import pyarrow.parquet as pq
+
+    from visual_search.embed import embed
+    from visual_search.models import load_pretrained
+
+    images, ids = _check_images_ids(images, np.arange(len(images)) if isinstance(images, np.ndarray) else [])
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    batch = batch_size or max(1, len(images) // 4)
+    write_image_shards(images, ids, work / "input", rows_per_file=batch)
+    marker = work / "died"
+    report = run_embedding_job(work / "input", work / "output", num_workers=num_workers, batch_size=batch, address=address,
+                               _die_on_id=int(ids[len(ids) // 2]), _die_marker=marker, _die_after_write=after_write)
+    stored = np.concatenate([pq.read_table(str(path), columns=["id"]).column("id").to_numpy() for path in sorted((work / "output").glob("*.parquet"))])
+    got_ids, got, _ = read_embeddings(work / "output") if len(np.unique(stored)) == len(stored) else (np.unique(stored), None, None)
+    pid = int(marker.read_text()) if marker.exists() else None
+    alive = pid is not None
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            alive = False
+    reference = embed(load_pretrained(), images, progress=False)
+    return {
+        "rows": int(len(stored)), "expected": int(len(ids)), "lost": int(len(np.setdiff1d(ids, stored))),
+        "duplicated": int(len(stored) - len(np.unique(stored))), "worker_died": pid is not None and not alive, "dead_pid": pid,
+        "max_abs_diff": float(np.abs(got - reference[got_ids]).max()) if got is not None else float("nan"),
+        "seconds": report["seconds"], "discarded_files": report["discarded_files"], "after_write": after_write,
+    }
+
+
+__all__ = ["killed_worker_run", "measure_throughput", "read_embeddings", "run_embedding_job", "write_image_shards"]
