@@ -102,6 +102,7 @@ def test_every_row_names_its_basis_and_the_extrapolation_is_flagged():
     assert "EXTRAPOLATED 625x" in text and "hand-worked" in text and "assumed, not measured" in text
     small = plan(1e6, 64, "exact", 1, 512, measurements=measured())
     assert "inside the measured range" in format_plan(small)
+    assert "recall@10" in text and "0.880" in text  # the quality the plan's speed was measured at
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -140,10 +141,23 @@ def test_bad_index_specs_are_named(spec, message):
     ((1e9, 64, "exact", 1, 1), {"utilisation": 1.5}, "utilisation"),
     ((1e9, 64, "exact", 1, 1), {"bogus": 3}, "unknown option"),
     ((1e9, 64, "scann", 1, 1), {}, "no measurement of 'scann'"),
+    ((1e9, 100, "ivfpq:m=16", 1, 1), {}, "must divide dim=100"),
+    ((1e9, 64, "ivfpq:m=128", 1, 1), {}, "must divide dim=64"),
+    ((1e6, 64, "exact", 1, 512), {"latency_ms": 1e-6}, "less than one vector a shard"),
 ])
 def test_bad_plan_parameters_are_named(args, kwargs, message):
     with pytest.raises(ScaleError, match=message):
         plan(*args, measurements=measured(), **kwargs)
+
+
+def test_measurements_that_are_not_the_planners_are_refused():
+    with pytest.raises(ScaleError, match="measurements: expected"):
+        plan(1e9, 64, "exact", 1, 1, measurements={"indexes": {}})
+
+
+def test_a_shard_smaller_than_the_measured_range_is_flagged_too():
+    text = format_plan(plan(1000, 64, "exact", 1, 512, measurements=measured()))
+    assert "EXTRAPOLATED 10x below the smallest N measured" in text
 
 
 def test_a_latency_budget_no_shard_size_meets_is_refused():

@@ -249,6 +249,20 @@ def test_read_embeddings_refuses_shards_the_manifest_does_not_record(job_output,
         read_embeddings(out)
 
 
+def test_read_embeddings_refuses_a_commit_that_never_wrote_its_manifest(job_output, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(job_output[0], out)
+    (out / ray_embed.MANIFEST_NAME).unlink()  # what a driver killed mid-commit leaves: shards, no manifest
+    with pytest.raises(ScaleError, match="no _manifest.json: the job's commit did not finish"):
+        read_embeddings(out)
+
+
+@pytest.mark.parametrize("folder", [3, None, b"bytes"])
+def test_folders_that_are_not_paths_are_named(folder):
+    with pytest.raises(ScaleError, match="output_dir: expected a folder path or URI"):
+        read_embeddings(folder)
+
+
 def test_read_embeddings_refuses_missing_and_empty_folders(tmp_path):
     with pytest.raises(ScaleError, match="output_dir: .*nothing is not a folder"):
         read_embeddings(tmp_path / "nothing")

@@ -64,6 +64,7 @@ ASSUMPTIONS: dict[str, tuple[float, str, str]] = {
     "gpu_images_per_s": (20_000.0, "images/s/GPU", "assumed, not measured (no GPU on the machines this course measures on)"),
 }
 GIB = 2**30
+RECALL_NOTE = "0.9; IVF-PQ's codes stop below it, so its knee is used"
 DEFAULT_RESULTS = Path("results") / "bench_scale.json"
 
 
@@ -150,7 +151,7 @@ def _bytes_per_vector(kind: str, params: dict, dim: int, m: dict, d0: int) -> tu
     if kind == "ivfpq":
         m0, b0 = m["params"].get("m", params["m"]), m["params"].get("nbits", params["nbits"])
         overhead = measured - m0 * b0 / 8
-        code = params["m"] * params["nbits"] / 8
+        code = math.ceil(params["m"] * params["nbits"] / 8)  # whole bytes, as Faiss stores a code
         return code + overhead, f"{params['m']} x {params['nbits']} bits code + {overhead:.1f} B measured overhead (id, list slot)"
     return measured * dim / d0, f"measured {measured:.1f} B at {d0}-d, scaled in proportion to {dim}-d"
 
@@ -209,6 +210,8 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
     qps = _positive(qps, "qps", high=1e12)
     ram_gb = _positive(ram_gb, "ram_gb", high=1e7)
     kind, params = parse_index(index)
+    if kind == "ivfpq" and (params["m"] > dim or dim % params["m"]):
+        raise ScaleError(f"index {index!r}: m={params['m']} sub-quantizers must divide dim={dim} (each codes dim / m numbers)")
     measurements = options.pop("measurements", None)
     unknown = sorted(set(options) - set(ASSUMPTIONS))
     if unknown:
@@ -226,6 +229,8 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
         a["uploads_per_day"] = 0.005 * images
     if measurements is None or isinstance(measurements, (str, os.PathLike)):
         measurements = load_measurements(measurements)
+    if not isinstance(measurements, dict) or not {"dim", "indexes", "embed_images_per_s_per_core"} <= set(measurements):
+        raise ScaleError("measurements: expected a path or what load_measurements returns (dim, indexes, embed_images_per_s_per_core)")
     if kind not in measurements.get("indexes", {}):
         raise ScaleError(f"index {index!r}: no measurement of {kind!r} in {measurements.get('source', 'the measurements')}; "
                          f"measured: {sorted(measurements.get('indexes', {}))}")
@@ -249,6 +254,9 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
             raise ScaleError(f"index {index!r}: one query takes {latency_at(images):.1f} ms at any shard size by the fit, over the "
                              f"{a['latency_ms']} ms budget; raise latency_ms")
     shards = max(shards_for_memory, shards_for_latency)
+    if shards > images:
+        raise ScaleError(f"index {index!r}: meeting latency_ms={a['latency_ms']:g} would need {shards:,} shards for {images:,.0f} images "
+                         "(less than one vector a shard); raise latency_ms")
     per_shard = images / shards
     qps_core = qps_at(per_shard)
     qps_replica = qps_core * a["cores"] * a["utilisation"]
@@ -265,7 +273,8 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
     upload_core_hours = uploads / per_core / 3600
     upload_usd = upload_core_hours * a["core_hour_usd"]
     serving_usd = machines * a["cores"] * 24 * a["core_hour_usd"]
-    extrapolation = per_shard / m["fit_range"][1]
+    extrapolation = per_shard / m["fit_range"][1]  # > 1: beyond the largest N measured
+    below = m["fit_range"][0] / per_shard  # > 1: below the smallest
 
     out: dict[str, Any] = {
         "images": images, "dim": dim, "index": index, "kind": kind, "index_params": params, "qps_target": qps, "ram_gb": ram_gb,
@@ -281,7 +290,12 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
     }
     src = Path(str(measurements.get("source", "measurements"))).name
     fit = f"fit qps ~ N^{m['qps_exponent']:.2f} over {m['fit_range'][0]:,.0f}-{m['fit_range'][1]:,.0f} ({src})"
-    trust = "inside the measured range" if extrapolation <= 1 else f"EXTRAPOLATED {extrapolation:,.0f}x beyond the largest N measured"
+    if extrapolation > 1:
+        trust = f"EXTRAPOLATED {extrapolation:,.0f}x beyond the largest N measured"
+    elif below > 1:
+        trust = f"EXTRAPOLATED {below:,.0f}x below the smallest N measured (fixed costs dominate there)"
+    else:
+        trust = "inside the measured range"
     out["rows"] = [
         ("images", f"{images:,.0f}", "input"),
         ("index", f"{index} at {dim}-d", "input"),
@@ -291,14 +305,17 @@ def plan(images: float, dim: int, index: str, qps: float, ram_gb: float, **optio
         ("shards for latency", f"{shards_for_latency:,}", f"one query <= {a['latency_ms']:g} ms on one core; latency ~ N^{m['latency_exponent']:.2f}"),
         ("shards per replica", f"{shards:,}", "the larger of the two"),
         ("vectors per shard", f"{per_shard:,.0f}", trust),
-        ("queries/s per core", f"{qps_core:,.1f}", f"{m['qps']:,.0f} measured at N={m['n_ref']:,.0f}, {fit}; {work_basis}"),
+        ("recall@10", f"{m['recall@10']:.3f}", f"of the measured operating point (target {RECALL_NOTE}), against exact search"),
+        ("queries/s per core", f"{qps_core:,.1f}", f"{m['qps']:,.0f} measured at N={m['n_ref']:,.0f} (batched queries), {fit}; {work_basis}"),
         ("one-query latency", f"{out['latency_ms']:,.2f} ms", f"{m['latency_ms']:.2f} ms measured at N={m['n_ref']:,.0f}, scaled"),
         ("queries/s per replica", f"{qps_replica:,.0f}", f"{a['cores']} cores x {a['utilisation']:g} utilisation; every query visits every shard"),
         ("replicas", f"{replicas:,}", f"for {qps:,.0f} QPS, at least {a['min_replicas']}"),
         ("machines", f"{machines:,}", "shards x replicas, one shard a machine"),
         ("raw image storage", _bytes(raw_bytes), f"{a['image_kb']:g} KB an image x {copies} copies"),
         ("embedding storage", _bytes(embedding_bytes), f"float32 x {dim} x {copies} copies (kept to rebuild indexes)"),
-        ("embed the gallery", f"{embed_core_days:,.0f} CPU core-days", f"{per_core:,.0f} images/s per core measured ({measurements.get('embed_source', '')})"),
+        ("embed the gallery", f"{embed_core_days:,.0f} CPU core-days",
+         f"{per_core:,.0f} images/s per core measured ({measurements.get('embed_source', '')}) on 28x28 images with the course's small CNN: "
+         "a production encoder on real photos costs far more per image"),
         ("  or", f"{embed_gpu_days:,.1f} GPU-days", f"{a['gpu_images_per_s']:,.0f} images/s per GPU, {ASSUMPTIONS['gpu_images_per_s'][2]}"),
         ("new uploads", f"{uploads:,.0f} a day", ASSUMPTIONS["uploads_per_day"][2] if "uploads_per_day" not in options else "input"),
         ("  embedding them", f"{upload_core_hours:,.0f} core-hours = ${upload_usd:,.0f} a day", f"${a['core_hour_usd']:g} a core-hour"),

@@ -15,7 +15,9 @@ larger one. Queries are fresh augmentations of other draws of the images.
 How each index is measured, on one thread (``timing.limit_threads(1)``, Faiss
 and ScaNN set to one thread too), as ``index.measure.run_method`` does it:
 
-* build time: ``train`` (on at most ``TRAIN_SAMPLE`` vectors) plus ``add`` of all N;
+* build time: ``train`` (on at most ``TRAIN_SAMPLE`` vectors, as production trains on a sample;
+  at 1M Faiss warns that 100k points for 4,000 lists is below its 39-a-list rule of thumb, and
+  still trains on all of them) plus ``add`` of all N;
 * memory: what the N vectors add to the trained, empty index, per vector;
 * queries/s: batched queries, and the latency of one query at a time (p50);
 * the operating point: each approximate index sweeps its search knob and keeps
@@ -25,7 +27,9 @@ and ScaNN set to one thread too), as ``index.measure.run_method`` does it:
   curves compare indexes at equal quality, which is what a capacity plan needs.
 
 Structure grows with N the way practitioners size it: IVF and IVF-PQ use
-``nlist = 4 sqrt(N)`` lists (rounded), ScaNN ``sqrt(N)`` leaves; HNSW keeps its 32 links.
+``nlist = 4 sqrt(N)`` lists (rounded), capped at ``N / 39`` because Faiss's k-means
+wants at least 39 training points a list (so 256 lists at 10k, not 400; 1,265 at
+100k; 4,000 at 1M), ScaNN ``sqrt(N)`` leaves; HNSW keeps its 32 links.
 
 ``fit_exponent`` fits ``log qps = log c + a log N`` by least squares. For exact
 search ``a`` is near -1 (a full scan per query); IVF at a constant recall sits
@@ -121,7 +125,9 @@ def growth_vectors(n: int, n_queries: int = 1000, seed: int = 0, images: np.ndar
 
     Args:
         n: base vectors wanted (copies of the images are made until there are enough).
-        n_queries: query vectors (fresh augmentations, their own random stream).
+        n_queries: query vectors: fresh augmentations drawn after the base vectors from the same
+            random stream, so they depend on ``n`` as well as ``seed`` (measure every N of one study
+            with the queries of its largest set, as ``measure_growth`` does with prefixes).
         seed: the random stream of the augmentations and the shuffle.
         images: uint8 ``[M, 28, 28]`` source images (default: all 70,000 of Fashion-MNIST; in fast
             mode the committed sample's gallery).
@@ -246,16 +252,18 @@ def measure_growth(base: np.ndarray, queries: np.ndarray, sizes: Sequence[int] =
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     rows = []
-    with limit_threads(1):
-        bar = tqdm(total=len(sizes) * len(methods), desc="growth curves", disable=not progress)
-        for n in sizes:
-            truth = exact_search(queries, base[:n], k, metric="l2")[1]
-            for method in methods:
-                bar.set_postfix_str(f"{method.key} N={n:,}")
-                rows.append(measure_point(method, base[:n], queries, truth, k, recall_target))
-                bar.update()
-        bar.close()
-    faiss.omp_set_num_threads(before)
+    try:
+        with limit_threads(1):
+            bar = tqdm(total=len(sizes) * len(methods), desc="growth curves", disable=not progress)
+            for n in sizes:
+                truth = exact_search(queries, base[:n], k, metric="l2")[1]
+                for method in methods:
+                    bar.set_postfix_str(f"{method.key} N={n:,}")
+                    rows.append(measure_point(method, base[:n], queries, truth, k, recall_target))
+                    bar.update()
+            bar.close()
+    finally:
+        faiss.omp_set_num_threads(before)
     return rows
 
 

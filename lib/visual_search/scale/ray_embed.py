@@ -35,7 +35,10 @@ so its batches are split the same way. So a row may be
 * Shards go to ``output_dir/_staging/<job id>/``. Only the shards that *successful* tasks
   reported to the driver are committed; anything else there (a killed task's leftovers)
   is deleted. The commit refuses to happen unless the committed shards hold exactly as many
-  rows as the input (none lost, none twice), and ``read_embeddings`` refuses duplicate ids.
+  rows as the input, and ``read_embeddings`` refuses duplicate ids: as every stored id comes
+  from the input, equal counts and no duplicate mean none lost and none twice.
+* The commit writes ``_manifest.json`` last (and an overwrite deletes the old one first), and
+  ``read_embeddings`` refuses shards without one: a commit cut short is never read as the whole.
 * Errors in the job's own code (a bad image) are not retried: they fail the job, and
   nothing is committed. ``max_errored_blocks`` stays 0, so no block is ever skipped.
 
@@ -121,6 +124,8 @@ def _filesystem(path: str | Path, name: str) -> tuple[pyarrow.fs.FileSystem, str
     """``(filesystem, path inside it)`` for a local folder or a URI such as ``s3://bucket/dir``."""
     import pyarrow.fs as pafs
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ScaleError(f"{name}: expected a folder path or URI, got {path!r}")
     text = os.fspath(path)
     if not isinstance(text, str) or not text:
         raise ScaleError(f"{name}: expected a folder path or URI, got {path!r}")
@@ -460,7 +465,7 @@ def run_embedding_job(
         output_dir: where the shards go (created; a local path or URI). It must not hold
             shards already, unless ``overwrite`` (then the old shards are replaced at the commit).
         num_workers: actors in the pool, each with one torch thread and one CPU reserved
-            (0.9 x CPUs / workers when the pool would take the whole cluster, see below).
+            (0.5 x CPUs / workers when the pool would take the whole cluster, see below).
         batch_size: images per actor call, and so rows per output shard; larger batches
             amortise the per-call and per-file costs, smaller ones spread the work more evenly.
         checkpoint: the encoder: None for the committed SimCLR CNN (``load_pretrained``), a
@@ -668,13 +673,15 @@ def read_embeddings(output_dir: str | Path) -> tuple[np.ndarray, np.ndarray, str
 
 
 def _check_manifest(fs: pyarrow.fs.FileSystem, folder: str, files: list[str], rows: int, version: str) -> None:
-    """If the job's ``_manifest.json`` is there, the shards must be exactly the ones it records."""
+    """The job's ``_manifest.json`` must be there (it is written last), and the shards exactly the ones it records."""
     path = f"{folder}/{MANIFEST_NAME}"
     try:
         with fs.open_input_stream(path) as f:
             manifest = json.loads(f.read().decode())
     except (FileNotFoundError, OSError):
-        return  # shards written by hand or by an older job: checked above, file by file
+        # The commit writes the manifest last: without it the shards are a commit that never finished
+        # (or an overwrite cut short), a subset of the rows that must not be read as the whole.
+        raise ScaleError(f"output_dir: {folder} has shards but no {MANIFEST_NAME}: the job's commit did not finish; run the job again") from None
     except ValueError as e:
         raise ScaleError(f"output_dir: {path} is not valid JSON ({e})") from e
     names = sorted(p.rsplit("/", 1)[-1] for p in files)
