@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import warnings
 
 import faiss
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from visual_search.errors import ScaleError, VectorIndexError
 from visual_search.index import build_index
+from visual_search.scale import ray_runtime, sharded
 from visual_search.scale.sharded import ShardedIndex, measure_shard_latency, shard_of
 
 DIM = 32
@@ -69,6 +72,16 @@ def test_shard_of_spreads_ids_evenly(ids):
     expected = len(ids) / 8
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 30, counts  # 7 degrees of freedom: p < 1e-4 for an even spread; `id % 8` fails "multiples-of-S"
+
+
+def test_shard_of_a_scalar_is_silent_and_keeps_its_shape():
+    """A 0-d input must not fall back to NumPy scalar arithmetic, which warns when the hash wraps."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = shard_of(5, 4)
+        assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == np.int64 and int(got) == _splitmix64(5) % 4
+        assert int(shard_of(np.int64(2**63 - 1), 1024)) == _splitmix64(2**63 - 1) % 1024
+        assert shard_of(np.arange(6), 3).tolist() == [_splitmix64(i) % 3 for i in range(6)]
 
 
 @pytest.mark.parametrize("ids, n_shards", [([-1, 2], 4), (np.array([1.0, 2.0]), 4), ([1, 2], 0), ([1, 2], 1025), ([1, 2], True), ([1], 2.0)])
@@ -367,6 +380,148 @@ def test_measure_shard_latency_reports_exact_merges(data):
     assert [r["n_shards"] for r in rows] == [1, 3]
     for r in rows:
         assert r["exact_match"] == 1.0 and 0 < r["p50_ms"] <= r["p95_ms"] and r["batch_qps"] > 0
+
+
+def test_local_straggler_costs_only_its_own_shard_on_every_call(data):
+    """A shard past its deadline must not hold up a healthy shard: not in this call, a later one, or a concurrent one."""
+    x, q = data
+    with ShardedIndex("exact", DIM, 2) as index:
+        index.add(x[:200])
+        index.slow_shard(0, 1.0)
+        for _ in range(3):  # one shared pool once let calls 2 and 3 queue behind the abandoned straggler: 0 shards
+            t = time.perf_counter()
+            result = index.search_with_info(q[:5], K, deadline_s=0.2)
+            assert time.perf_counter() - t < 0.2 + 0.25
+            assert result.missing_shards == [0] and result.shards_answered == 1, result.stats()
+        index.slow_shard(0, 0)
+        assert not index.search_with_info(q[:5], K, deadline_s=0.5).partial  # at once, not after the stragglers finish
+    with ShardedIndex("exact", DIM, 3) as index:
+        index.add(x[:300])
+        index.slow_shard(1, 1.0)
+        results, errors = [], []
+
+        def caller():
+            try:
+                for _ in range(3):
+                    results.append(index.search_with_info(q[:5], K, deadline_s=0.3))
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        callers = [threading.Thread(target=caller) for _ in range(2)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert not errors and len(results) == 6
+        assert all(r.missing_shards == [1] and r.shards_answered == 2 for r in results), [r.stats() for r in results]
+
+
+def _spy_on_shard_writes(monkeypatch, shard_cls, look) -> dict:
+    """Call ``look()`` after each shard's part of an add or remove: what a concurrent reader would see then.
+
+    Returns the control: set ``["fail_on"] = n`` to make the n-th shard add from then on raise instead
+    (a shard failing after others took their part).
+    """
+    control = {"fail_on": None, "calls": 0}
+    for name in ("add", "remove"):
+        original = getattr(shard_cls, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            if _name == "add" and control["fail_on"] is not None:
+                control["calls"] += 1
+                if control["calls"] == control["fail_on"]:
+                    raise VectorIndexError("shard write failed")
+            out = _original(self, *args, **kwargs)
+            look()
+            return out
+
+        monkeypatch.setattr(shard_cls, name, spy)
+    return control
+
+
+def test_local_writes_are_all_or_nothing_to_readers(data, monkeypatch):
+    """Between one shard's part of a write and the next, readers still see the index before the write."""
+    x, q = data
+    with ShardedIndex("exact", DIM, 4) as index:
+        index.add(x[:400])
+
+        def state():
+            return len(index), index.shard_sizes(), sorted(index.ids.tolist()), index.search(q[:3], 5)[1].tolist()
+
+        seen = []
+        control = _spy_on_shard_writes(monkeypatch, type(index._shards[0]), lambda: seen.append(state()))
+        for write in (lambda: index.add(x[400:800]), lambda: index.remove(np.arange(0, 800, 3))):
+            before = state()
+            seen.clear()
+            write()
+            assert len(seen) == 4 and all(s == before for s in seen)  # every shard took part; none was visible early
+            assert state() != before
+        assert len(index) == 800 - len(range(0, 800, 3))
+
+        before = state()
+        seen.clear()
+        control["fail_on"] = 3
+        with pytest.raises(VectorIndexError, match="shard write failed"):
+            index.add(x[800:1000])
+        assert len(seen) == 2 and all(s == before for s in seen)  # nor the half that a rollback used to undo
+        assert state() == before
+
+
+def test_local_model_version_mirrors_base_index(data, monkeypatch):
+    x, q = data
+    # Named by the first add to an empty index, on every shard, the batch's or not; then enforced.
+    with ShardedIndex("exact", DIM, 4) as index:
+        index.add(x[:1], model_version="A")
+        assert index.model_version == "A" and [s.model_version for s in index._shards] == ["A"] * 4
+        index.add(x[1:100])
+        with pytest.raises(VectorIndexError, match="model"):
+            index.add(x[100:200], model_version="B")
+        with pytest.raises(VectorIndexError, match="model 'A'"):
+            index.search(q, K, model_version="B")
+        assert index.search(q, K, model_version="A")[1].shape == (len(q), K) and len(index) == 100
+    # A non-empty index without a model version is not named by a later add, as BaseIndex is not.
+    reference = build_index("exact", DIM).add(x[:50]).add(x[50:100], model_version="A")
+    assert reference.model_version is None and reference.search(q, K, model_version="B")[1].shape == (len(q), K)
+    with ShardedIndex("exact", DIM, 4) as index:
+        index.add(x[:50])
+        index.add(x[50:100], model_version="A")
+        assert index.model_version is None and all(s.model_version is None for s in index._shards)
+        assert index.search(q, K, model_version="B")[1].shape == (len(q), K)
+    # A failed add leaves every shard's model version (and data) as it was.
+    with ShardedIndex("exact", DIM, 4) as index:
+        _spy_on_shard_writes(monkeypatch, type(index._shards[0]), lambda: None)["fail_on"] = 3
+        with pytest.raises(VectorIndexError, match="shard write failed"):
+            index.add(x[:200], model_version="A")
+        assert index.model_version is None and all(s.model_version is None for s in index._shards) and len(index) == 0
+
+
+@pytest.mark.parametrize("options, named", [({"model_version": "A"}, "model_version"), ({"metric": "ip"}, "metric"), ({"nlist": 8}, "nlist"), ({"kind": "exact"}, "kind")])
+def test_load_refuses_options_the_manifest_fixes(data, tmp_path, options, named):
+    x, _ = data
+    with ShardedIndex("ivf", DIM, 2, nlist=8, model_version="A") as index:
+        index.train(x)
+        index.add(x[:100], model_version="A")
+        index.save(tmp_path / "s")
+    with pytest.raises(ScaleError, match=named):  # not a TypeError about a keyword given twice
+        ShardedIndex.load(tmp_path / "s", **options)
+    with ShardedIndex.load(tmp_path / "s", deadline_s=2.0, threads=1) as loaded:  # the runtime options are fine
+        assert loaded.deadline_s == 2.0 and len(loaded) == 100 and loaded.model_version == "A"
+
+
+@pytest.mark.parametrize("failure", ["cluster-start", "shard-file"])
+def test_a_failed_start_removes_its_temporary_shard_dir(data, tmp_path, monkeypatch, failure):
+    """The actor backend's own shard folder goes when the start fails (no cluster is started: it fails first)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(*args, **kwargs):
+        raise ScaleError("no cluster here") if failure == "cluster-start" else OSError("disk full")
+
+    monkeypatch.setattr(ray_runtime, "start", fail)
+    if failure == "shard-file":
+        monkeypatch.setattr(sharded, "_index_bytes", fail)
+    with pytest.raises((ScaleError, OSError)):
+        ShardedIndex("exact", DIM, 2, backend="ray")
+    assert not list(tmp_path.glob("vs-shards-*"))
 
 
 # -------------------------------------------------------------------------------------- ray backend

@@ -13,22 +13,39 @@ How it works:
   where each id lives without asking every shard.
 * **Shared training.** ``train`` trains *one* index of the shard kind and gives every shard a copy
   of that trained state (the same IVF centroids, the same PQ codebooks). Each shard then files its
-  vectors into the same lists as the unsharded index would, a query probes the same ``nprobe``
-  lists on every shard, and the union of what the shards scan is what the unsharded index scans:
-  the merged answer is the unsharded answer (up to float ties), not merely "about as good".
-  Training each shard on its own subset would give S different quantizers, results that depend
-  on S, and S times the training cost.
-* **Exact merge.** Each shard returns its own top-k; the global top-k is among the union of those
-  (a vector not in its shard's top k has k better ones on that shard alone), and
-  ``kernels.merge_topk`` picks it. Recall lost by sharding: none, for any kind.
+  vectors into the same lists as the unsharded index would, and a query probes the same ``nprobe``
+  lists on every shard. Training each shard on its own subset would give S different quantizers,
+  results that depend on S, and S times the training cost.
+* **Exact merge.** Each shard returns its own top-k; the global top-k *of what the shards return*
+  is among the union of those (a vector not in its shard's top k has k better ones on that shard
+  alone), and ``kernels.merge_topk`` picks it. The merge itself loses nothing. What that means
+  for the answer depends on the kind:
+
+  - *Equal to the unsharded answer* (up to float ties) when whether a vector is a candidate, and
+    its score, depend only on the query, the vector and the shared training: the exact kinds
+    (``exact``, ``kdtree``, Faiss ``Flat``, the scikit-learn trees) and the IVF/PQ family with
+    shared training (``ivf``, ``pq``, ``ivfpq``, Faiss ``IVF...``/``PQ...`` factories without a
+    refine stage). The union of what the shards scan is then what the unsharded index scans.
+  - *Not equal* when the candidates depend on the other vectors stored with them: ``scann`` (each
+    shard re-scores only its own ``pre_reorder_num_neighbors`` candidates), HNSW (Faiss ``HNSW...``:
+    a separate graph per shard), ``annoy`` (a separate forest per shard), ``lsh`` with
+    ``rerank > 0`` and Faiss refine stages (``...,RFlat``: each shard re-ranks its own shortlist). The merged answer is then the exact top-k of the shards'
+    approximate answers; its recall can be lower or higher than the unsharded index's, and has
+    to be measured, not assumed.
 * **Deadlines.** ``search(..., deadline_s=0.2)`` returns after at most 0.2 s with the shards that
   answered; the answer is then *partial*, which the caller learns from ``stats`` or from
   ``search_with_info``. A straggler or a dead shard costs recall on that query, not latency.
-* **Backends.** ``"local"``: the shards are in-process indexes searched by a thread pool (NumPy and
-  Faiss release the GIL), no Ray involved. ``"ray"``: each shard is a Ray actor that *loads its
+* **Backends.** ``"local"``: the shards are in-process indexes, each searched by its own thread,
+  started for that call (NumPy and Faiss release the GIL), no Ray involved. A straggler holds only
+  its own thread of its own call, so it never delays another shard or a later call. Writes are
+  computed on copies of the affected shards and committed with one assignment, as ``BaseIndex``
+  does: a search, ``len`` or ``shard_sizes`` sees the index before or after a write, never half of
+  one, and a failed write changes nothing. ``"ray"``: each shard is a Ray actor that *loads its
   index from its own file* under ``shard_dir`` and rewrites that file (atomically) after every
   write. Actors are created with ``max_restarts=-1``: when one dies, Ray starts it again, its
-  ``__init__`` reloads the file, and it comes back with its data.
+  ``__init__`` reloads the file, and it comes back with its data. Each actor applies its part of a
+  write atomically, but there is no atomic commit across actors: a search that overlaps a write
+  can see some shards before it and some after.
 
 Fault injection for tests and chapter 10: ``kill_shard(i)`` (a real actor death, restarted by
 Ray) and ``slow_shard(i, seconds)`` (a straggler; ``0`` clears it).
@@ -38,6 +55,7 @@ Ray is imported only when a ``backend="ray"`` index is made: importing this modu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -46,8 +64,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +80,8 @@ from visual_search.index.validation import as_float32_matrix, check_k, check_mod
 
 BACKENDS = ("local", "ray")
 MAX_SHARDS = 1024
+#: The constructor options ``ShardedIndex.load`` accepts (the rest comes from the manifest).
+LOAD_OPTIONS = ("deadline_s", "shard_dir", "address", "actor_cpus", "write_timeout_s", "threads")
 #: The manifest ``save`` writes next to the shard files.
 MANIFEST = "sharded.json"
 MANIFEST_FORMAT = 1
@@ -96,13 +114,15 @@ def shard_of(ids: Any, n_shards: int) -> np.ndarray:
         raise ScaleError(f"shard_of: ids must be integers, got dtype {arr.dtype}")
     if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
         raise ScaleError(f"shard_of: ids must be non-negative, got {int(arr.min())}")
-    z = arr.astype(_U64)
-    # uint64 arithmetic wraps modulo 2**64, which is what the hash needs.
-    z = z + _U64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-    z = z ^ (z >> _U64(31))
-    return (z % _U64(n_shards)).astype(np.int64)
+    # At least 1-d: uint64 *array* arithmetic wraps modulo 2**64 silently, which is what the hash
+    # needs; a 0-d array would fall back to NumPy scalar arithmetic, which warns on the wrap.
+    z = np.atleast_1d(arr).astype(_U64)
+    with np.errstate(over="ignore"):
+        z = z + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        z = z ^ (z >> _U64(31))
+    return (z % _U64(n_shards)).astype(np.int64).reshape(arr.shape)
 
 
 def _check_n_shards(n_shards: Any) -> int:
@@ -200,6 +220,18 @@ class _ShardActor:
     def remove(self, ids: np.ndarray) -> int:
         return self._write(lambda index: index.remove(ids))
 
+    def undo_add(self, ids: np.ndarray, unname: bool) -> int:
+        """Take back an add that failed elsewhere: remove ``ids`` (idempotent: absent ids are ignored);
+        ``unname``: the add was the one meant to name the model, so the shard had none before it."""
+
+        def undo(index: BaseIndex) -> int:
+            n = index.remove(ids)
+            if unname:
+                index.model_version = None
+            return n
+
+        return self._write(undo)
+
     def replace(self, blob: bytes) -> int:
         """Become the index saved in ``blob`` (a trained, empty index after ``train``)."""
         with self.lock:
@@ -239,6 +271,20 @@ def _index_bytes(index: BaseIndex) -> bytes:
         return path.read_bytes()
 
 
+def _fork(index: BaseIndex) -> BaseIndex:
+    """A shallow copy of ``index`` to write to instead of it.
+
+    ``BaseIndex`` writes are copy-on-write: ``add`` and ``remove`` build a new ``_state`` dict of
+    new arrays (the Faiss kind clones its Faiss index first, ScaNN reloads its searcher) and
+    assign it, never mutating the arrays they were given. A write to the fork therefore leaves
+    the original exactly as it was, and ``model_version``, an attribute, is the fork's own. Only
+    the write lock must not be shared.
+    """
+    fork = copy.copy(index)
+    fork._write_lock = threading.Lock()
+    return fork
+
+
 def _copies(index: BaseIndex, n: int) -> list[BaseIndex]:
     """``n`` independent copies of ``index`` (through its file, so every kind, Faiss included, works)."""
     with tempfile.TemporaryDirectory(prefix="vs-shard-") as tmp:
@@ -269,7 +315,10 @@ class ShardedIndex:
         actor_cpus: (ray) the CPU share each actor reserves; the default 0 lets 8 shards run on
             a 2-CPU local Ray (they then share the cores, as threads would).
         write_timeout_s: (ray) how long a write waits for the shards before raising.
-        threads: (local) threads searching the shards (default one per shard, at most 64).
+        threads: (local) at most this many threads search the shards in one call (default: one
+            per non-empty shard). Each call starts its own threads, so a straggler never holds up
+            another call; with fewer threads than shards it can hold up, in its own call, the
+            shards queued behind it.
 
     Raises:
         ScaleError: a bad shard count, backend, deadline or option.
@@ -312,17 +361,15 @@ class ShardedIndex:
         self._write_lock = threading.Lock()
         self._closed = False
         self._delays = [0.0] * self.n_shards  # local fault injection (ray: kept in the actors)
-        self._executor: ThreadPoolExecutor | None = None
-        self._shards: list[BaseIndex] = []
+        self._threads = threads
+        # The committed shards (local) and the driver's record of each actor's ids (ray): tuples,
+        # replaced whole by every write (one assignment), read once by every search.
+        self._shards: tuple[BaseIndex, ...] = ()
         self._actors: list[Any] = []
-        self._shard_ids: list[np.ndarray] = []
+        self._shard_ids: tuple[np.ndarray, ...] = ()
         self._own_dir = False
         if backend == "local":
-            self._shards = list(_existing) if _existing is not None else _copies(self._template, self.n_shards)
-            # One thread per shard by default: a straggler then holds only its own thread, and the
-            # deadline still sees every other shard answer (the threads mostly wait in NumPy/Faiss).
-            workers = threads or min(self.n_shards, 64)
-            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") if self.n_shards > 1 else None
+            self._shards = tuple(_existing) if _existing is not None else tuple(_copies(self._template, self.n_shards))
         else:
             self._start_actors(shard_dir, address, actor_cpus, _existing)
 
@@ -342,36 +389,38 @@ class ShardedIndex:
                 self.shard_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ScaleError(f"shard_dir {str(shard_dir)!r} cannot be created: {err}") from None
-        # Every actor loads its index from its file, the first time as after a restart.
-        blob = _index_bytes(self._template)
-        for i in range(self.n_shards):
-            if existing is not None:
-                existing[i].save(self._shard_path(i))
-            else:
-                tmp = self._shard_path(i).with_suffix(".tmp")
-                tmp.write_bytes(blob)
-                os.replace(tmp, self._shard_path(i))
-        ray = ray_runtime.start(address=address)
-        self._ray = ray
-        options = {"num_cpus": actor_cpus, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 4}
-        cls = _remote_actor_class(ray)
-        self._actors = [cls.options(**options).remote(str(self._shard_path(i)), i) for i in range(self.n_shards)]
         try:
+            # Every actor loads its index from its file, the first time as after a restart.
+            blob = _index_bytes(self._template)
+            for i in range(self.n_shards):
+                if existing is not None:
+                    existing[i].save(self._shard_path(i))
+                else:
+                    tmp = self._shard_path(i).with_suffix(".tmp")
+                    tmp.write_bytes(blob)
+                    os.replace(tmp, self._shard_path(i))
+            ray = ray_runtime.start(address=address)
+            self._ray = ray
+            options = {"num_cpus": actor_cpus, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 4}
+            cls = _remote_actor_class(ray)
+            self._actors = [cls.options(**options).remote(str(self._shard_path(i)), i) for i in range(self.n_shards)]
             infos = self._ray_get([a.info.remote() for a in self._actors], "start")
+            self._shard_ids = tuple(np.array(existing[i].ids) if existing is not None else np.empty(0, np.int64) for i in range(self.n_shards))
+            for i, info in enumerate(infos):
+                if info["n"] != len(self._shard_ids[i]):
+                    raise ScaleError(f"shard {i}: its actor loaded {info['n']} vectors from {info['path']}, expected {len(self._shard_ids[i])}")
         except BaseException:
-            self.close()
+            self.close()  # stops the actors started so far, and removes a temporary shard_dir
             raise
-        self._shard_ids = [np.array(existing[i].ids) if existing is not None else np.empty(0, np.int64) for i in range(self.n_shards)]
-        for i, info in enumerate(infos):
-            if info["n"] != len(self._shard_ids[i]):
-                self.close()
-                raise ScaleError(f"shard {i}: its actor loaded {info['n']} vectors from {info['path']}, expected {len(self._shard_ids[i])}")
 
-    def _ray_get(self, refs: list, what: str) -> list:
-        """``ray.get`` for writes and queries that must reach every shard; errors as the library's."""
+    def _ray_get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
+        """``ray.get`` for writes and queries that must reach every shard; errors as the library's.
+
+        ``timeout_s``: how long to wait (default ``write_timeout_s``).
+        """
         ray = self._ray
         try:
-            return ray.get(refs, timeout=self.write_timeout_s)
+            return ray.get(refs, timeout=self.write_timeout_s if timeout_s is None else timeout_s)
         except ray.exceptions.RayTaskError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, VisualSearchError):
@@ -413,7 +462,7 @@ class ShardedIndex:
     def ids(self) -> np.ndarray:
         """Every stored id, shard by shard (a copy)."""
         self._check_open()
-        parts = [s.ids for s in self._shards] if self.backend == "local" else self._shard_ids
+        parts = [s.ids for s in self._shards] if self.backend == "local" else list(self._shard_ids)  # one snapshot
         return np.concatenate([np.asarray(p, np.int64) for p in parts]) if parts else np.empty(0, np.int64)
 
     def shard_sizes(self, from_shards: bool = False) -> list[int]:
@@ -425,7 +474,7 @@ class ShardedIndex:
         """
         self._check_open()
         if self.backend == "local":
-            return [len(s) for s in self._shards]
+            return [len(s) for s in self._shards]  # one snapshot of the committed shards
         if from_shards:
             return [info["n"] for info in self.shard_info()]
         return [len(ids) for ids in self._shard_ids]
@@ -464,7 +513,7 @@ class ShardedIndex:
             if not self.needs_training:
                 return self
             if self.backend == "local":
-                self._shards = _copies(template, self.n_shards)
+                self._shards = tuple(_copies(template, self.n_shards))
             else:
                 blob = self._ray.put(_index_bytes(template))
                 self._ray_get([a.replace.remote(blob) for a in self._actors], "train")
@@ -472,17 +521,31 @@ class ShardedIndex:
             self.is_trained = True
         return self
 
+    def _check_model(self, version: str | None, name: str) -> str | None:
+        """``BaseIndex._check_model`` for the whole index: another model's vectors or queries are refused."""
+        version = check_model_version(version, f"{name}: model_version")
+        if version is not None and self.model_version is not None and version != self.model_version:
+            raise VectorIndexError(
+                f"{name} come from model {version!r}, but the index holds embeddings of model {self.model_version!r}; "
+                "embed with the index's model, or build the index again with the new one"
+            )
+        return version
+
     def add(self, x: Any, ids: Any = None, model_version: str | None = None) -> ShardedIndex:
         """Store vectors, each on shard ``shard_of(id, S)``. Returns ``self``.
 
         Args:
             x: float ``[n, dim]``.
             ids: int ``[n]``, distinct, not stored yet (None: consecutive ids after the largest stored).
-            model_version: the model that made ``x`` (see ``BaseIndex.add``).
+            model_version: the model that made ``x`` (see ``BaseIndex.add``): refused if the index
+                holds another model's vectors; the first vectors added to an empty index without
+                a model version name it, on every shard.
 
-        Everything is checked before any shard changes, so a bad batch changes nothing; if a
-        shard still fails (a Ray actor dies mid-write), the shards that took their part give it
-        back (local: their previous state is restored; ray: the ids are removed again).
+        Everything is checked before any shard changes, so a bad batch changes nothing. Local: the
+        affected shards are written as copies and all committed with one assignment, so a search
+        sees all of the batch or none of it, and a failure on any shard commits nothing (model
+        versions included). Ray: if a shard fails (an actor dies mid-write, or times out), every
+        shard that was sent its part is asked to take it back.
 
         Raises:
             VectorIndexError: bad vectors or ids, an untrained index, another model's vectors.
@@ -490,48 +553,64 @@ class ShardedIndex:
         """
         self._check_open()
         x = as_float32_matrix(x, "x", self.dim)
-        model_version = check_model_version(model_version, "x: model_version")
-        if model_version is not None and self.model_version is not None and model_version != self.model_version:
-            raise VectorIndexError(
-                f"x come from model {model_version!r}, but the index holds embeddings of model {self.model_version!r}; "
-                "embed with the index's model, or build the index again with the new one"
-            )
+        model_version = self._check_model(model_version, "x")
         with self._write_lock:
             if not self.is_trained:
                 raise VectorIndexError(f"{self.kind!r} index must be trained before add: call index.train(x) first")
             ids = check_new_ids(ids, len(x), self.ids)
             if len(x) == 0:
                 return self
+            # As BaseIndex.add: only the first vectors added to an empty index name its model.
+            version = self.model_version
+            if version is None and model_version is not None and len(self) == 0:
+                version = model_version
             where = shard_of(ids, self.n_shards)
             parts = [(i, np.flatnonzero(where == i)) for i in range(self.n_shards)]
             parts = [(i, rows) for i, rows in parts if len(rows)]
             if self.backend == "local":
-                before = [s._state for s in self._shards]
-                try:
-                    for i, rows in parts:
-                        self._shards[i].add(x[rows], ids[rows], model_version=model_version)
-                except BaseException:
-                    for shard, state in zip(self._shards, before):
-                        shard._state = state  # each state is an immutable snapshot: restoring is one assignment
-                    raise
+                shards = self._shards
+                new = list(shards)
+                for i, rows in parts:
+                    fork = _fork(shards[i])
+                    fork.add(x[rows], ids[rows], model_version=model_version)  # the shard's own checks apply too
+                    new[i] = fork
+                for i, shard in enumerate(new):  # every shard mirrors the index's model version
+                    if shard.model_version != version:
+                        if shard is shards[i]:
+                            new[i] = shard = _fork(shard)
+                        shard.model_version = version
+                self._shards, self.model_version = tuple(new), version  # the commit (nothing before it is visible)
             else:
-                self._ray_add(x, ids, parts, model_version)
-            if self.model_version is None and model_version is not None:
-                self.model_version = model_version
+                self._ray_add(x, ids, parts, version)
         return self
 
-    def _ray_add(self, x: np.ndarray, ids: np.ndarray, parts: list, model_version: str | None) -> None:
+    def _ray_add(self, x: np.ndarray, ids: np.ndarray, parts: list, version: str | None) -> None:
+        """Send each shard its part; on any failure ask every shard that was sent one to take it back.
+
+        ``version`` is the index's model version after this add. The shards are sent a version only
+        when this add names the index's model (the index was empty and unnamed, so every shard
+        was too): otherwise a shard that is empty could name itself while the index does not. The
+        driver has checked ``model_version`` against the index's already.
+        """
         ray = self._ray
-        refs = {i: self._actors[i].add.remote(x[rows], ids[rows], model_version) for i, rows in parts}
+        naming = self.model_version is None and version is not None
+        shard_version = version if naming else None
+        refs = {i: self._actors[i].add.remote(x[rows], ids[rows], shard_version) for i, rows in parts}
         failed: dict[int, BaseException] = {}
+        end = time.monotonic() + self.write_timeout_s  # one timeout for the whole write, not one per shard
         for i, ref in refs.items():
             try:
-                self._ray_get([ref], "add")
+                self._ray_get([ref], "add", timeout_s=max(0.0, end - time.monotonic()))
             except VisualSearchError as err:
                 failed[i] = err
         if failed:
-            done = [i for i in refs if i not in failed]
-            undo = [self._actors[i].remove.remote(ids[rows]) for i, rows in parts if i in done]
+            # Every shard that was sent its part, the failed ones too: a shard whose add timed out
+            # may still finish it later. The undo is idempotent (absent ids are ignored), waits for
+            # an add already running on that actor (its writes hold one lock), and after a naming add
+            # takes the name back: every shard's model version is then as it was. (An add that has
+            # not even started when its undo arrives could still run after it: a threaded actor
+            # does not promise to run tasks in order.)
+            undo = [self._actors[i].undo_add.remote(ids[rows], naming) for i, rows in parts]
             try:
                 ray.get(undo, timeout=self.write_timeout_s)
             except ray.exceptions.RayError:
@@ -539,12 +618,18 @@ class ShardedIndex:
             first = failed[min(failed)]
             if isinstance(first, VectorIndexError):  # the shard refused the data: the caller's error, as it is
                 raise first
-            raise ScaleError(f"sharded add failed on shard(s) {sorted(failed)} ({first}); the other shards gave their part back")
+            raise ScaleError(f"sharded add failed on shard(s) {sorted(failed)} ({first}); every shard was asked to give its part back")
+        record = list(self._shard_ids)
         for i, rows in parts:
-            self._shard_ids[i] = np.concatenate([self._shard_ids[i], ids[rows]])
+            record[i] = np.concatenate([record[i], ids[rows]])
+        self._shard_ids, self.model_version = tuple(record), version
 
     def remove(self, ids: Any) -> int:
-        """Remove the vectors stored under ``ids`` (asking only the shards that hold them). Returns how many went."""
+        """Remove the vectors stored under ``ids`` (asking only the shards that hold them). Returns how many went.
+
+        Local: all or nothing, committed with one assignment. Ray: each shard removes its part; if
+        one fails, the driver still records what the others removed, then raises ``ScaleError``.
+        """
         self._check_open()
         ids = check_remove_ids(ids)
         if not len(ids):
@@ -553,11 +638,32 @@ class ShardedIndex:
             where = shard_of(ids, self.n_shards)
             parts = [(i, ids[where == i]) for i in range(self.n_shards) if (where == i).any()]
             if self.backend == "local":
-                return int(sum(self._shards[i].remove(part) for i, part in parts))
-            counts = self._ray_get([self._actors[i].remove.remote(part) for i, part in parts], "remove")
-            for i, part in parts:
-                self._shard_ids[i] = self._shard_ids[i][~np.isin(self._shard_ids[i], part)]
-            return int(sum(counts))
+                new, count = list(self._shards), 0
+                for i, part in parts:
+                    fork = _fork(new[i])
+                    n = fork.remove(part)
+                    if n:
+                        new[i], count = fork, count + n
+                if count:
+                    self._shards = tuple(new)  # the commit
+                return count
+            refs = [(i, part, self._actors[i].remove.remote(part)) for i, part in parts]
+            record, count, failed = list(self._shard_ids), 0, {}
+            end = time.monotonic() + self.write_timeout_s
+            for i, part, ref in refs:
+                try:
+                    count += int(self._ray_get([ref], "remove", timeout_s=max(0.0, end - time.monotonic()))[0])
+                except VisualSearchError as err:
+                    failed[i] = err
+                    continue
+                record[i] = record[i][~np.isin(record[i], part)]
+            self._shard_ids = tuple(record)  # what the shards that answered removed
+            if failed:
+                first = failed[min(failed)]
+                if isinstance(first, VectorIndexError):  # the shard refused (a kind that cannot remove): as it is
+                    raise first
+                raise ScaleError(f"sharded remove failed on shard(s) {sorted(failed)} ({first}); the other shards removed their part")
+            return count
 
     def search(
         self,
@@ -598,13 +704,13 @@ class ShardedIndex:
             params: search knobs for this call (e.g. ``{"nprobe": 16}``), forwarded to every shard.
             deadline_s: return after at most this many seconds with the shards that answered
                 (default: the index's ``deadline_s``; None waits for all).
-            model_version: the model that made ``q``.
+            model_version: the model that made ``q``; refused if the index holds another model's vectors.
 
         Returns:
             A ``ShardedResult``: ``D``, ``I``, ``partial``, ``missing_shards``, per-shard times.
 
         Raises:
-            VectorIndexError: bad queries, k or params, or an empty index.
+            VectorIndexError: bad queries, k or params, another model's queries, or an empty index.
             ScaleError: a bad deadline, or a closed index.
         """
         self._check_open()
@@ -613,8 +719,10 @@ class ShardedIndex:
         q = as_float32_matrix(q, "queries", self.dim)
         k = check_k(k)
         settings = self._template._settings(params)  # validated here, once, with the kind's own checks
-        model_version = check_model_version(model_version, "queries: model_version")
-        sizes = self.shard_sizes()
+        model_version = self._check_model(model_version, "queries")
+        # One snapshot for the whole call (local: the committed shards; ray: the driver's record).
+        shards = self._shards
+        sizes = [len(s) for s in shards] if self.backend == "local" else [len(ids) for ids in self._shard_ids]
         n = sum(sizes)
         if n == 0:
             raise VectorIndexError(f"the sharded {self.kind!r} index is empty: add vectors before searching")
@@ -624,8 +732,10 @@ class ShardedIndex:
             empty = (np.empty((len(q), kk), np.float32), np.empty((len(q), kk), np.int64))
             return ShardedResult(*empty, False, [], len(asked), len(asked), [None] * self.n_shards, 0.0)
         shard_params = dict(params) if settings and params else None
-        fan = self._fan_out_local if self.backend == "local" else self._fan_out_ray
-        answers, shard_ms, errors = fan(asked, q, kk, shard_params, model_version, deadline, t0)
+        if self.backend == "local":
+            answers, shard_ms, errors = self._fan_out_local(shards, asked, q, kk, shard_params, model_version, deadline, t0)
+        else:
+            answers, shard_ms, errors = self._fan_out_ray(asked, q, kk, shard_params, model_version, deadline, t0)
         parts = [answers[i] for i in asked if i in answers]
         larger = self.metric != "l2"
         if parts:
@@ -643,8 +753,16 @@ class ShardedIndex:
             elapsed_ms=(time.perf_counter() - t0) * 1e3, errors=errors,
         )
 
-    def _fan_out_local(self, asked, q, k, params, model_version, deadline, t0):
-        shards, delays = list(self._shards), list(self._delays)  # this call's snapshot
+    def _fan_out_local(self, shards, asked, q, k, params, model_version, deadline, t0):
+        """Search ``shards`` (this call's snapshot) on threads started for this call.
+
+        Each call has its own threads (daemons, one per asked shard unless ``threads`` says
+        fewer): a straggler keeps only its own thread busy, and that thread ends when its search
+        does, so it never holds up a healthy shard of this call or of any later or concurrent one.
+        """
+        delays = list(self._delays)
+        answers: dict[int, tuple] = {}
+        shard_ms: list[float | None] = [None] * self.n_shards
 
         def one(i: int):
             if delays[i]:
@@ -652,22 +770,45 @@ class ShardedIndex:
             D, I = shards[i].search(q, k, params=params, model_version=model_version)  # noqa: E741
             return D, I, (time.perf_counter() - t0) * 1e3
 
-        answers: dict[int, tuple] = {}
-        shard_ms: list[float | None] = [None] * self.n_shards
-        if self._executor is None and deadline is None:
+        workers = min(self._threads or len(asked), len(asked))
+        if deadline is None and workers == 1:  # nothing to wait for in parallel: search here
             for i in asked:
                 D, I, ms = one(i)  # noqa: E741
                 answers[i], shard_ms[i] = (D, I), ms
             return answers, shard_ms, {}
-        executor = self._executor or ThreadPoolExecutor(max_workers=1)
-        futures = {executor.submit(one, i): i for i in asked}
-        remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - t0))
-        done, _ = wait_futures(futures, timeout=remaining)
-        for future in done:
-            D, I, ms = future.result()  # a shard's VectorIndexError (e.g. another model) is the caller's
-            answers[futures[future]], shard_ms[futures[future]] = (D, I), ms
-        if self._executor is None:
-            executor.shutdown(wait=False)
+        todo = list(reversed(asked))  # popped from the end: in shard order
+        results: dict[int, tuple[bool, Any]] = {}
+        cond = threading.Condition()
+        over = [False]  # the caller stopped waiting: start no more shards
+
+        def worker() -> None:
+            while True:
+                with cond:
+                    if over[0] or not todo:
+                        return
+                    i = todo.pop()
+                try:
+                    out = (True, one(i))
+                except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                    out = (False, err)
+                with cond:
+                    results[i] = out
+                    cond.notify_all()
+
+        for _ in range(workers):
+            threading.Thread(target=worker, name="shard-search", daemon=True).start()
+        with cond:
+            remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - t0))
+            cond.wait_for(lambda: len(results) == len(asked), timeout=remaining)
+            over[0] = True
+            got = dict(results)
+        for i in asked:
+            if i in got:
+                ok, out = got[i]
+                if not ok:
+                    raise out  # a shard's VectorIndexError (e.g. bad params) is the caller's
+                D, I, ms = out  # noqa: E741
+                answers[i], shard_ms[i] = (D, I), ms
         return answers, shard_ms, {}
 
     def _fan_out_ray(self, asked, q, k, params, model_version, deadline, t0):
@@ -769,12 +910,20 @@ class ShardedIndex:
         Args:
             directory: the folder with the manifest and the shard files.
             backend: ``"local"`` or ``"ray"`` (any backend can load what any backend saved).
-            **options: the keyword options of the constructor (``deadline_s``, ``shard_dir``, ...).
+            **options: the constructor's runtime options: ``deadline_s``, ``shard_dir``, ``address``,
+                ``actor_cpus``, ``write_timeout_s``, ``threads``. What the manifest fixes (``kind``,
+                ``dim``, ``n_shards``, ``metric``, ``model_version`` and the kind's parameters) is
+                what the shard files hold, so it cannot be given here.
 
         Raises:
-            ScaleError: a missing or inconsistent manifest, or an id on the wrong shard.
+            ScaleError: a missing or inconsistent manifest, an id on the wrong shard, or an option
+                the manifest fixes or the constructor does not have (named in the message).
             VectorIndexError: a damaged shard file.
         """
+        bad = sorted(set(options) - set(LOAD_OPTIONS))
+        if bad:
+            raise ScaleError(f"ShardedIndex.load: {bad} cannot be given: the manifest fixes kind, dim, n_shards, metric, model_version "
+                             f"and the kind's parameters; the options are {list(LOAD_OPTIONS)}")
         directory = Path(directory)
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
@@ -812,8 +961,6 @@ class ShardedIndex:
         if self._closed:
             return
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         for actor in self._actors:
             try:
                 self._ray.kill(actor, no_restart=True)
