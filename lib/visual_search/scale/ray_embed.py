@@ -276,10 +276,10 @@ def _inspect_input(input_dir: str | Path) -> tuple[pyarrow.fs.FileSystem, list[s
         raw = (schema.metadata or {}).get(IMAGE_SHAPE_KEY)
         try:
             file_shape = tuple(int(v) for v in json.loads(raw))
-            if len(file_shape) != 2 or min(file_shape) < 1:
-                raise ValueError(file_shape)
         except (TypeError, ValueError):
-            raise ScaleError(f"input_dir: {path} has no valid image shape in its metadata ({raw!r}); write it with write_image_shards") from None
+            file_shape = ()
+        if len(file_shape) != 2 or min(file_shape) < 1:
+            raise ScaleError(f"input_dir: {path} has no valid image shape in its metadata ({raw!r}); write it with write_image_shards")
         if shape is not None and file_shape != shape:
             raise ScaleError(f"input_dir: {path} holds {list(file_shape)} images, the files before it {list(shape)}")
         shape = file_shape
