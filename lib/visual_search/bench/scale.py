@@ -24,6 +24,7 @@ measured side by side; Ray is started here and stopped at the end.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ def _timed(timings: dict, name: str) -> Iterator[None]:
     timings[name] = timer.seconds
 
 
-def killed_shard(x: np.ndarray, q: np.ndarray, deadline_s: float, n_shards: int = 4, seed: int = 0) -> dict:
+def killed_shard(x: np.ndarray, q: np.ndarray, deadline_s: float, n_shards: int = 4) -> dict:
     """Kill one shard's actor and search at once: the answer time against the deadline, and the recovery.
 
     ``before`` (all shards up, after a warm-up) must be complete and equal to the unsharded
@@ -162,7 +163,7 @@ def run(seed: int = 0) -> dict:
         with _timed(timings, "sharded IVF recall"):
             recall_rows = ivf_recall(x, q, size["shards"], nlist, nprobe)
         with _timed(timings, "killed shard"):
-            kill = killed_shard(x, q, size["deadline_s"], seed=seed)
+            kill = killed_shard(x, q, size["deadline_s"])
         out["shards"] = {"n": len(x), "queries": len(q), "rows": shard_rows, "ivf": {"nlist": nlist, "nprobe": nprobe, "recall": recall_rows},
                          "killed_shard": kill}
     finally:
@@ -170,7 +171,7 @@ def run(seed: int = 0) -> dict:
             ray_runtime.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    out["machine"] = machine(load_average=list(np.round(__import__("os").getloadavg(), 2)))
+    out["machine"] = machine(load_average=list(np.round(os.getloadavg(), 2)))
     out["timings_s"] = timings
     path = write_result("bench_scale", out)  # the planner reads the measurements from this file
     m = capacity.load_measurements(path)
