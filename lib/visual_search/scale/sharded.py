@@ -202,6 +202,10 @@ class _ShardActor:
     def set_delay(self, seconds: float) -> None:
         self.delay_s = float(seconds)
 
+    def crash(self) -> None:
+        """Exit the process at once, as a crash would (no clean-up): Ray sees the actor die and restarts it."""
+        os._exit(1)
+
     def _write(self, change: Callable[[BaseIndex], Any]) -> Any:
         """Apply ``change`` and rewrite the file; if the file cannot be written, undo the change."""
         with self.lock:
@@ -849,7 +853,15 @@ class ShardedIndex:
         """
         self._need_ray("kill_shard")
         i = check_int(i, "shard", low=0, high=self.n_shards - 1, error=ScaleError)
-        self._ray.kill(self._actors[i], no_restart=False)
+        ray = self._ray
+        # The actor exits itself, and the call returns only once Ray has seen it die. ``ray.kill``
+        # alone is asynchronous: a search sent right after it can still reach the live process.
+        try:
+            ray.get(self._actors[i].crash.remote(), timeout=30)
+        except ray.exceptions.GetTimeoutError:
+            raise ScaleError(f"shard {i} did not die within 30 s of being told to crash") from None
+        except ray.exceptions.RayError:
+            return  # the process is gone: Ray restarts it and it reloads its file
 
     def slow_shard(self, i: int, seconds: float) -> None:
         """Make shard ``i`` a straggler: it sleeps ``seconds`` before answering each search (0 clears it)."""
