@@ -27,6 +27,71 @@ def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> to
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+# ---- moco_infonce ----------------------------------------------------------------------------
+
+
+def _moco_slow(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
+    """For each query: -log(exp(cos(q, k) / t) / (exp(cos(q, k) / t) + sum_j exp(cos(q, queue_j) / t))), averaged."""
+
+    def cos(u: list[float], v: list[float]) -> float:
+        return sum(a * b for a, b in zip(u, v)) / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+    total = 0.0
+    for qi, ki in zip(q.tolist(), k.tolist()):
+        positive = math.exp(cos(qi, ki) / t)
+        total += -math.log(positive / (positive + sum(math.exp(cos(qi, nj) / t) for nj in queue.tolist())))
+    return total / len(q)
+
+
+@pytest.mark.parametrize("b, n_queue, d, t", [(1, 1, 3, 0.5), (3, 7, 5, 0.2), (8, 16, 4, 0.07), (4, 3, 8, 1.0)])
+def test_moco_infonce_equals_slow_loop(b, n_queue, d, t):
+    q, k, queue = _randn(b, d, seed=1), _randn(b, d, seed=2), _randn(n_queue, d, seed=3)
+    assert C.moco_infonce(q, k, queue, t).item() == pytest.approx(_moco_slow(q, k, queue, t), rel=1e-9)
+
+
+@pytest.mark.parametrize("b, t", [(2, 0.5), (5, 0.2)])
+def test_moco_infonce_is_softmax_cross_entropy_with_the_key_first(b, t):
+    # The design notes' data point: the query, then K + 1 candidates (its key first, then the queue), label 0.
+    q, k, queue = _randn(b, 6, seed=4), _randn(b, 6, seed=5), _randn(9, 6, seed=6)
+    candidates = torch.cat([k[:, None], queue.expand(b, -1, -1)], dim=1)
+    expected = C.softmax_cross_entropy(q, candidates, torch.zeros(b, dtype=torch.long), kind="cosine", temperature=t)
+    assert C.moco_infonce(q, k, queue, t).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("n_queue, t", [(1, 0.5), (15, 0.2), (4096, 1.0)])
+def test_moco_infonce_identical_embeddings_is_log_k_plus_1(n_queue, t):
+    z = torch.ones(3, 4, dtype=torch.float64)
+    assert C.moco_infonce(z, z.clone(), torch.ones(n_queue, 4, dtype=torch.float64), t).item() == pytest.approx(math.log(n_queue + 1), rel=1e-12)
+
+
+def test_moco_infonce_gradcheck():
+    q, k, queue = (_randn(*shape, seed=s).requires_grad_() for s, shape in ((7, (3, 4)), (8, (3, 4)), (9, (5, 4))))
+    assert torch.autograd.gradcheck(lambda a, b, c: C.moco_infonce(a, b, c, 0.5), (q, k, queue))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((np.ones((2, 3)), _randn(2, 3), _randn(4, 3)), r"^q: expected a float tensor"),
+        ((_randn(2, 3), _randn(2, 3).long(), _randn(4, 3)), r"^k: expected a float tensor"),
+        ((_randn(2, 3), _randn(2, 3), _randn(0, 3)), r"^queue: expected a float tensor"),
+        ((_randn(2, 3), _randn(3, 3), _randn(4, 3)), "must be one"),
+        ((_randn(2, 3), _randn(2, 3), _randn(4, 2)), "must be one"),
+        ((_randn(2, 3), _randn(2, 3), _randn(4, 3, dtype=torch.float32)), "share dtype"),
+        ((torch.full((2, 3), float("nan"), dtype=torch.float64), _randn(2, 3), _randn(4, 3)), r"^q: the embeddings contain NaN"),
+    ],
+)
+def test_moco_infonce_refuses_bad_input_by_name(args, message):
+    with pytest.raises(errors.ContrastiveError, match=message):
+        C.moco_infonce(*args)
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan"), "0.2"])
+def test_moco_infonce_refuses_a_bad_temperature(t):
+    with pytest.raises(errors.ContrastiveError, match="temperature"):
+        C.moco_infonce(_randn(2, 3), _randn(2, 3), _randn(4, 3), t)
+
+
 # ---- nt_xent ---------------------------------------------------------------------------------
 
 

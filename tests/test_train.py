@@ -10,7 +10,16 @@ import torch
 
 from visual_search import models
 from visual_search.embed import embed
-from visual_search.train import TrainConfig, TrainError, finalize_checkpoint, finetune_on_pairs, knn_precision_at_1, train_simclr, train_supervised
+from visual_search.train import (
+    TRAIN_STATE_TENSORS,
+    TrainConfig,
+    TrainError,
+    finalize_checkpoint,
+    finetune_on_pairs,
+    knn_precision_at_1,
+    train_simclr,
+    train_supervised,
+)
 
 TINY = dict(epochs=2, batch_size=64, limit=256, encoder_args={"conv_layers": 2, "width": 4, "fc_width": 16})
 
@@ -44,7 +53,7 @@ def test_resume_reads_the_checkpoint_weights_only_through_the_verified_loader(sa
     train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, progress=False, stop_after=1)
     assert path.read_bytes()[:8] == models.CHECKPOINT_MAGIC
     checkpoint = models.load_checkpoint(path)
-    assert set(checkpoint.state) == {"optimiser", "schedule", "generator"}
+    assert set(checkpoint.state) == set(TRAIN_STATE_TENSORS) == {"optimiser", "schedule", "generator", "method_state"}
     assert checkpoint.extra["train_state"]["cfg"]["augment_args"]["crop_scale"] == [0.6, 1.0]  # JSON: the tuple is a list
     calls = request.getfixturevalue("torch_load_calls")  # installed here, after the save above
     _, history = train_simclr(TrainConfig(**TINY), sample.gallery_images, out=path, resume=True, progress=False)
@@ -171,3 +180,96 @@ def test_the_schedule_survives_short_runs(total_steps):
     for _ in range(total_steps):
         optimiser.step()
         schedule.step()
+
+
+# ---- MoCo v2 and NNCLR ---------------------------------------------------------------------------
+METHOD_TINY = {**TINY, "queue_size": 128}
+
+
+@pytest.mark.parametrize("method", ["moco", "nnclr"])
+def test_each_method_learns_reproducibly_and_resumes_exactly(sample, tmp_path, method):
+    cfg = TrainConfig(**{**METHOD_TINY, "method": method})
+    full, history = train_simclr(cfg, sample.gallery_images, progress=False)
+    again, _ = train_simclr(cfg, sample.gallery_images, progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(full), _weights(again)))
+    assert all(np.isfinite(h["loss"]) for h in history)
+    simclr, _ = train_simclr(TrainConfig(**METHOD_TINY), sample.gallery_images, progress=False)
+    assert not all(torch.equal(x, y) for x, y in zip(_weights(full), _weights(simclr)))  # a different method, other weights
+    path = tmp_path / "run.pt"
+    train_simclr(cfg, sample.gallery_images, out=path, progress=False, stop_after=1)
+    state = models.load_checkpoint(path).state["method_state"]
+    assert state["rows"].shape == (128, full.head[-1].out_features) and int(state["filled"]) == 128
+    resumed, resumed_history = train_simclr(cfg, sample.gallery_images, out=path, resume=True, progress=False)
+    assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
+    assert all(torch.equal(x, y) for x, y in zip(_weights(full), _weights(resumed)))
+
+
+def test_moco_starts_at_the_closed_form_and_its_key_encoder_trails_by_momentum(sample):
+    from visual_search.train import _MoCo
+
+    cfg = TrainConfig(**{**METHOD_TINY, "method": "moco", "momentum": 0.9})
+    enc = models.build_encoder("cnn", seed=0, **TINY["encoder_args"])
+    moco = _MoCo(cfg, enc, torch.Generator().manual_seed(0))
+    key_before = [p.clone() for p in moco.key.parameters()]
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(1.0)
+    moco.after_step(enc)
+    for kb, k, q in zip(key_before, moco.key.parameters(), enc.parameters()):
+        torch.testing.assert_close(k, 0.9 * kb + 0.1 * q)
+        assert not k.requires_grad
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    moco.loss(enc, x, x)  # the first keys go into the queue, in order
+    assert moco.queue.ptr == 64 and moco.queue.filled == 64
+    moco.loss(enc, x, x)
+    moco.loss(enc, x, x)
+    assert moco.queue.ptr == (3 * 64) % 128 and moco.queue.filled == 128
+
+
+def test_nnclr_takes_the_nearest_support_row_from_the_given_search(sample):
+    from visual_search.train import _NNCLR, nearest_in_support
+
+    cfg = TrainConfig(**{**METHOD_TINY, "method": "nnclr", "queue_size": 64})
+    enc = models.build_encoder("cnn", seed=0, **TINY["encoder_args"])
+    calls = []
+
+    def search(queries, support):
+        calls.append(queries.shape)
+        return nearest_in_support(queries, support)
+
+    nnclr = _NNCLR(cfg, enc, torch.Generator().manual_seed(0), search)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    nnclr.loss(enc, x, x)  # fills the support set: plain SimCLR, no search yet
+    assert calls == [] and nnclr.support.filled == 64
+    nnclr.loss(enc, x, x)
+    assert calls == [(64, nnclr.support.rows.shape[1])] * 2
+    z = torch.nn.functional.normalize(enc(x[:4], layer="head"), dim=1)
+    neighbours = nnclr._neighbours(z)
+    # each is a most similar support row (the two pushes of one batch hold near-ties, so compare similarities)
+    torch.testing.assert_close((z * neighbours).sum(1), (z @ nnclr.support.rows.T).max(1).values, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("method", "byol", r"TrainConfig\.method must be one of"),
+        ("queue_size", 0, r"TrainConfig\.queue_size must be"),
+        ("momentum", 1.0, r"TrainConfig\.momentum must be"),
+        ("momentum", float("nan"), r"TrainConfig\.momentum must be"),
+    ],
+)
+def test_method_settings_are_checked_by_name(sample, field, value, message):
+    with pytest.raises(TrainError, match=message):
+        train_simclr(TrainConfig(**{**METHOD_TINY, "method": "moco", field: value}), sample.gallery_images, progress=False)
+
+
+def test_a_queue_smaller_than_a_batch_is_refused(sample):
+    with pytest.raises(TrainError, match="must hold at least one batch"):
+        train_simclr(TrainConfig(**{**METHOD_TINY, "method": "nnclr", "queue_size": 32}), sample.gallery_images, progress=False)
+
+
+def test_supervised_history_shows_the_plateau(sample):
+    enc = models.build_encoder("cnn", seed=0, **TINY["encoder_args"])
+    history: list = []
+    train_supervised(enc, sample.gallery_images[:256], sample.gallery_labels[:256], epochs=2, batch_size=64, progress=False, monitor=sample, history=history)
+    assert [h["epoch"] for h in history] == [1, 2] and all(0 <= h["knn_p_at_1"] <= 1 and h["loss"] > 0 for h in history)

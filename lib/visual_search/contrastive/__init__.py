@@ -19,7 +19,7 @@ importable from here, so ``contrastive.<name>`` keeps working):
   ``positive_precision``;
 * ``contrastive.losses``, chapter 04, the loss step by step: ``SIMILARITY_KINDS``,
   ``similarities`` (dot, cosine, euclidean), ``softmax_cross_entropy`` (written
-  out), ``triplet_loss`` for contrast, and SimCLR's ``nt_xent``;
+  out), ``triplet_loss`` for contrast, SimCLR's ``nt_xent`` and MoCo's ``moco_infonce``;
 * re-exported from their own modules, which are not part of this package because
   they are jobs of their own: ``visual_search.augment.augment_batch`` (SimCLR's
   batched per-image augmentations) and, from ``visual_search.clicks``, the click-log
@@ -52,6 +52,7 @@ from visual_search.contrastive.datapoints import (
 )
 from visual_search.contrastive.losses import (
     SIMILARITY_KINDS,
+    moco_infonce,
     nt_xent,
     similarities,
     softmax_cross_entropy,
@@ -68,6 +69,7 @@ __all__ = [
     "augment_batch",
     "combine_positives",
     "make_datapoints",
+    "moco_infonce",
     "nt_xent",
     "positive_precision",
     "positives_from_augmentation",

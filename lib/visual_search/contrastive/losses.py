@@ -7,7 +7,8 @@ where each view's positive is its twin and the other 2N-2 views are the negative
 
 What is here, in teaching order: ``similarities`` (dot, cosine, euclidean; the names
 are in ``SIMILARITY_KINDS``), ``softmax_cross_entropy`` (written out),
-``triplet_loss`` for contrast, and ``nt_xent``.
+``triplet_loss`` for contrast, ``nt_xent``, and MoCo's ``moco_infonce``
+(a queue of earlier keys as the negatives).
 
 Errors: ``visual_search.errors.ContrastiveError``, with a message naming the argument.
 
@@ -208,4 +209,50 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(logits, targets)
 
 
-__all__ = ["SIMILARITY_KINDS", "nt_xent", "similarities", "softmax_cross_entropy", "triplet_loss"]
+# ---- MoCo ------------------------------------------------------------------------------------
+
+
+def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE: each query's positive is its own key, its negatives are the K keys in the queue.
+
+    The same loss as ``softmax_cross_entropy`` with ``n = K + 1`` candidates per data point
+    and the positive at index 0, but the K negatives are shared by the whole batch, so the
+    logits are one ``[B, K]`` matrix product instead of a ``[B, K + 1, D]`` gather. The
+    queue holds keys from earlier batches, made by the slowly moving momentum encoder, so
+    the number of negatives is the queue's length, not the batch size: that is what lets
+    MoCo use thousands of negatives with the small batches a CPU can afford.
+
+    Args:
+        q: float ``[B, D]`` query embeddings (from the encoder being trained).
+        k: float ``[B, D]`` key embeddings (row i is the other view of query i; from the
+            momentum encoder, so normally without gradient).
+        queue: float ``[K, D]`` earlier keys, the negatives, K >= 1.
+        temperature: divides the cosine similarities, a finite number > 0.
+
+    Returns:
+        The scalar loss, averaged over the B queries. With every embedding identical it
+        is exactly log(K + 1).
+
+    Raises:
+        ContrastiveError: if an input is not a finite float tensor of the shapes above
+            (one D, one dtype and device), or the temperature is not a finite number > 0.
+    """
+    for name, z in (("q", q), ("k", k), ("queue", queue)):
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.ndim != 2 or 0 in z.shape:
+            got = f"{z.dtype} {list(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ContrastiveError(f"{name}: expected a float tensor [rows >= 1, D >= 1], got {got}")
+        if not torch.isfinite(z).all():
+            raise ContrastiveError(f"{name}: the embeddings contain NaN or infinite values")
+    if q.shape != k.shape or queue.shape[1] != q.shape[1]:
+        raise ContrastiveError(f"q and k must be one [B, D] and queue [K, D], got {list(q.shape)}, {list(k.shape)} and {list(queue.shape)}")
+    if len({q.dtype, k.dtype, queue.dtype}) > 1 or len({q.device, k.device, queue.device}) > 1:
+        raise ContrastiveError("q, k and queue must share dtype and device")
+    temperature = check_real(temperature, "temperature", low=0, low_open=True, error=ContrastiveError)
+    q, k, queue = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
+    negatives = q @ queue.T  # [B, K]
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+__all__ = ["SIMILARITY_KINDS", "moco_infonce", "nt_xent", "similarities", "softmax_cross_entropy", "triplet_loss"]
