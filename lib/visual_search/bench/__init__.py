@@ -59,10 +59,10 @@ import argparse
 import os
 from collections.abc import Callable
 
-from visual_search.bench import ann, baseline, encoders, online, scale, serve
+from visual_search.bench import ablations, ann, baseline, encoders, online, scale, serve
 
 #: ``name -> run(seed=0) -> dict``: what ``main`` can run, in the default order.
-BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run, "online": online.run, "scale": scale.run}
+BENCHMARKS: dict[str, Callable[..., dict]] = {"baseline": baseline.run, "ablations": ablations.run, "encoders": encoders.run, "ann": ann.run, "serve": serve.run, "online": online.run, "scale": scale.run}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
         BENCHMARKS[name](seed=args.seed)
 
 
-__all__ = ["BENCHMARKS", "ann", "baseline", "encoders", "main", "online", "scale", "serve"]
+__all__ = ["BENCHMARKS", "ablations", "ann", "baseline", "encoders", "main", "online", "scale", "serve"]
