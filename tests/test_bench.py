@@ -12,6 +12,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from visual_search import bench, config
@@ -67,12 +68,45 @@ def test_encoder_bench_runs_every_row_in_fast_mode(out_dirs):
     out = bench.encoders.run(seed=0)
     _check_outputs(out, results, figures, "bench_encoders")
     rows = out["metrics"]
-    assert list(rows) == ["raw pixels", "random-init CNN", "SimCLR CNN (committed)", "SimCLR CNN, embedding layer", "SimCLR CNN, head", "SimCLR CNN + clicks", "supervised CNN (ceiling)"]
+    assert list(rows) == list(bench.encoders.ROWS) and len(rows) == 9
     for row in rows.values():
-        assert all(0 <= row[m] <= 1 for m in ("P@1", "P@10", "MRR", "mAP@100", "graded mAP@100", "graded nDCG@10")) and row["images/s"] > 0
-    assert rows["SimCLR CNN (committed)"]["P@1"] > rows["random-init CNN"]["P@1"]
+        assert all(0 <= row[m] <= 1 for m in ("P@1", "P@10", "MRR", "mAP@100", "linear probe", "graded mAP@100", "graded nDCG@10")) and row["images/s"] > 0
+    assert rows["self-supervised CNN (committed)"]["P@1"] > rows["random-init CNN"]["P@1"]
+    assert rows["self-supervised CNN (committed)"]["linear probe"] > 0.5  # ten classes: chance is 0.1
+    assert [h["epoch"] for h in out["supervised_history"]] == [1] and 0 < out["supervised_history"][0]["knn_p_at_1"] <= 1
+    assert out["vit"]["config"]["encoder"] == "vit" and len(out["vit"]["history"]) == 1
+    assert out["targets"]["best_self_supervised"] in bench.encoders.SELF_SUPERVISED
+    assert out["committed_model"]["version"].startswith("cnn-")
     assert 0.5 < out["click_log"]["click_precision"] <= 1
     assert out["fast_mode"] is True and out["setting"].startswith("100 queries vs 500 gallery images")
+
+
+def test_ablation_bench_trains_each_fast_row_from_the_base_recipe(out_dirs):
+    results, figures = out_dirs
+    out = bench.ablations.run(seed=0)
+    _check_outputs(out, results, figures, "bench_ablations")
+    rows = {r["name"]: r for r in out["rows"]}
+    assert list(rows) == list(bench.ablations.FAST_ROWS) and out["fast_mode"] is True
+    base = rows["base recipe"]
+    assert base["delta P@1"] == 0 and base["encoder_args"] == json.loads(json.dumps(out["base"]["encoder_args"]))
+    for row in rows.values():
+        assert all(0 <= row[f"P@1 {layer}"] <= 1 for layer in ("pooled", "embedding", "head")) and row["train_seconds"] > 0
+        assert row["delta P@1"] == pytest.approx(row["P@1"] - base["P@1"])
+    assert rows["width 24"]["encoder_args"]["width"] == 24 and rows["width 24"]["encoder_args"]["conv_layers"] == base["encoder_args"]["conv_layers"]
+    assert rows["crop 0.8-1"]["augment_args"]["crop_scale"] == [0.8, 1.0] and rows["crop 0.8-1"]["augment_args"]["max_rotation"] == base["augment_args"]["max_rotation"]
+    assert rows["NNCLR"]["method"] == "nnclr" and rows["MoCo v2, equal time"]["method"] == "moco"
+    assert "a step costs" in rows["MoCo v2, equal time"]["note"]
+    assert out["best"]["P@1"] == max(r["P@1"] for r in rows.values())
+
+
+def test_nnclr_search_through_the_course_index_equals_the_default_scan():
+    from visual_search.train import nearest_in_support
+
+    rng = np.random.default_rng(0)
+    support = rng.standard_normal((300, 16)).astype(np.float32)
+    support /= np.linalg.norm(support, axis=1, keepdims=True)
+    queries = support[rng.integers(0, 300, 40)] + 0.05 * rng.standard_normal((40, 16)).astype(np.float32)
+    np.testing.assert_array_equal(bench.ablations.exact_index_search(queries, support), nearest_in_support(queries, support))
 
 
 def test_ann_bench_runs_every_method_and_writes_json_and_figures(out_dirs):
@@ -218,7 +252,7 @@ def test_bench_cli_refuses_unknown_names_before_running_anything(out_dirs, monke
         bench.main(["baseline", "nonsense", "--fast"])
     assert "unknown benchmark" in capsys.readouterr().err
     assert not results.exists() and not config.is_fast()
-    assert list(bench.BENCHMARKS) == ["baseline", "encoders", "ann", "serve", "online", "scale"]
+    assert list(bench.BENCHMARKS) == ["baseline", "ablations", "encoders", "ann", "serve", "online", "scale"]
 
 
 def test_nothing_imports_bench():

@@ -2,23 +2,30 @@
 
     python -m visual_search.bench encoders
 
-Rows: raw pixels, a random CNN, the committed SimCLR CNN (its pooled, embedding
-and head layers), that CNN fine-tuned on simulated clicks, and a supervised CNN
-(the ceiling). Columns: class retrieval (relevant = same class: P@1, P@10, MRR,
-mAP@100), the graded set (mAP@100, nDCG@10) and embedding throughput on one
-CPU thread (``timing.throughput``). Writes ``bench_encoders.json`` and
-``bench_encoders.png``.
+Rows: raw pixels, a random CNN, the committed self-supervised CNN (its pooled,
+embedding and head layers), that CNN fine-tuned on simulated clicks and on labels
+(the pretrained-then-fine-tuned route), a ViT trained with the same
+self-supervised recipe, and a supervised CNN of the same backbone trained on the
+labels until its kNN stops rising (the ceiling). Columns: class retrieval
+(relevant = same class: P@1, P@10, MRR, mAP@100), the linear probe (a logistic
+regression on frozen gallery embeddings, its accuracy on the queries: how
+self-supervised papers report), the graded set (mAP@100, nDCG@10) and embedding
+throughput on one CPU thread (``timing.throughput``). Writes
+``bench_encoders.json`` and ``bench_encoders.png``.
 
 Sizes (``sizes``): full mode, the 10,000 test images as queries against the
-60,000 train images, the whole graded set, 3 supervised and 2 click epochs,
-throughput on 2,000 images. Fast mode runs the same code on a slice of the
-committed sample: 100 queries against 500 gallery images (class-balanced), the
-graded set cut to 100 queries x 600 candidates, one epoch of each training on
-the 500 gallery images, throughput on 100 images.
+60,000 train images, the whole graded set, 15 supervised epochs (its per-epoch
+kNN is recorded, to show the plateau), 3 label and 2 click fine-tuning epochs,
+the ViT's self-supervised run, throughput on 2,000 images. Fast mode runs the
+same code on a slice of the committed sample: 100 queries against 500 gallery
+images (class-balanced), the graded set cut to 100 queries x 600 candidates, one
+epoch of each training on the 500 gallery images, throughput on 100 images.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import matplotlib.pyplot as plt
@@ -36,21 +43,49 @@ from visual_search.viz import save_figure
 ROWS = (
     "raw pixels",
     "random-init CNN",
-    "SimCLR CNN (committed)",
-    "SimCLR CNN, embedding layer",
-    "SimCLR CNN, head",
-    "SimCLR CNN + clicks",
+    "self-supervised CNN (committed)",
+    "self-supervised CNN, embedding layer",
+    "self-supervised CNN, head",
+    "self-supervised CNN + clicks",
+    "self-supervised CNN + labels",
+    "self-supervised ViT",
     "supervised CNN (ceiling)",
 )
+#: The rows that learned without labels (the target compares them with raw pixels).
+SELF_SUPERVISED = ROWS[2:5] + ("self-supervised ViT",)
 
 
 def sizes(fast: bool) -> dict:
     """How much data and training each mode uses (fast mode: the same code, less of everything)."""
     if fast:
-        return {"query_step": 5, "gallery_step": 4, "graded_queries": 100, "graded_gallery": 600,
-                "supervised_epochs": 1, "click_epochs": 1, "click_batch": 128, "throughput_images": 100}
-    return {"query_step": 1, "gallery_step": 1, "graded_queries": None, "graded_gallery": None,
-            "supervised_epochs": 3, "click_epochs": 2, "click_batch": 256, "throughput_images": 2000}
+        return {"query_step": 5, "gallery_step": 4, "graded_queries": 100, "graded_gallery": 600, "supervised_epochs": 1,
+                "label_epochs": 1, "click_epochs": 1, "click_batch": 128, "vit_epochs": 1, "vit_batch": 128, "throughput_images": 100}
+    return {"query_step": 1, "gallery_step": 1, "graded_queries": None, "graded_gallery": None, "supervised_epochs": 15,
+            "label_epochs": 3, "click_epochs": 2, "click_batch": 256, "vit_epochs": VIT_EPOCHS, "vit_batch": 256, "throughput_images": 2000}
+
+
+#: The ViT's self-supervised run in full mode (the committed CNN's recipe, on a 4x4 grid of 7 px patches).
+VIT_EPOCHS = 5
+VIT_ARGS = {"patch_size": 7, "depth": 4, "width": 96, "heads": 4}
+
+
+def linear_probe_accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray, seed: int = 0) -> float:
+    """Accuracy on ``test_emb`` of a multinomial logistic regression fitted on frozen ``train_emb``.
+
+    The standard way self-supervised papers report a representation: a linear
+    classifier on top of it, with the encoder frozen. kNN P@1 asks whether the
+    nearest image shares the class; the probe asks whether the classes are
+    linearly separable at all, which a retrieval system does not need but a
+    fine-tuned classifier would. scikit-learn's L-BFGS solver, L2 penalty C=1,
+    features standardised on the training set.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, random_state=seed))
+    probe.fit(train_emb, train_labels)
+    return float(probe.score(test_emb, test_labels))
 
 
 def class_retrieval_metrics(query_emb: np.ndarray, query_labels: np.ndarray, gallery_emb: np.ndarray, gallery_labels: np.ndarray, k: int = 100) -> dict[str, float]:
@@ -68,7 +103,7 @@ def run(seed: int = 0) -> dict:
     from visual_search.data import load_fashion_mnist, load_sample
     from visual_search.embed import embed
     from visual_search.models import build_encoder, load_pretrained
-    from visual_search.train import finetune_on_pairs, train_supervised
+    from visual_search.train import TrainConfig, finetune_on_pairs, train_contrastive, train_supervised
 
     fast = config.is_fast()
     size = sizes(fast)
@@ -86,11 +121,16 @@ def run(seed: int = 0) -> dict:
         evalset = evalset.subset(size["graded_queries"], n_gallery=size["graded_gallery"])
     simclr = load_pretrained()
     settings = {k: v for k, v in simclr.config.items() if k != "seed"}
+    recipe = TrainConfig(**{k: v for k, v in simclr_recipe().items() if k in TrainConfig.__dataclass_fields__})
+    monitor = load_sample()
 
-    with timed("supervised training"):
-        supervised = train_supervised(build_encoder(simclr.name, seed=seed, **settings), gallery, gallery_labels,
-                                      epochs=size["supervised_epochs"], seed=seed, progress=not fast)
-    # Clicks: a simulated log on the gallery, where the production system shows SimCLR's top results.
+    supervised_history: list[dict] = []
+    with timed("supervised training (until the plateau)"):
+        supervised = train_supervised(build_encoder(simclr.name, seed=seed, **settings), gallery, gallery_labels, epochs=size["supervised_epochs"],
+                                      seed=seed, progress=not fast, monitor=monitor, history=supervised_history)
+    with timed("fine-tuning the committed model on labels"):
+        labelled = train_supervised(load_pretrained(), gallery, gallery_labels, epochs=size["label_epochs"], lr=5e-4, seed=seed, progress=not fast)
+    # Clicks: a simulated log on the gallery, where the production system shows the committed model's top results.
     gallery_simclr = embed(simclr, gallery)
     _, nearest = exact_search(gallery_simclr, gallery_simclr, 11, metric="ip")
     # Never show an image as a result for itself (exact duplicates can outrank the self-match).
@@ -101,20 +141,28 @@ def run(seed: int = 0) -> dict:
     with timed("click fine-tuning"):
         clicked = finetune_on_pairs(load_pretrained(), gallery, click_q, click_p, epochs=size["click_epochs"],
                                     batch_size=size["click_batch"], seed=seed, progress=not fast)
+    vit_cfg = dataclasses.replace(recipe, encoder="vit", encoder_args={**VIT_ARGS, "retrieval_layer": "embedding"}, epochs=size["vit_epochs"],
+                                  batch_size=size["vit_batch"], seed=seed, limit=None)
+    with timed("self-supervised ViT"):
+        vit, vit_history = train_contrastive(vit_cfg, gallery, progress=not fast)
 
     random_cnn = build_encoder(simclr.name, seed=seed, **settings)
     embed_fns = dict(zip(ROWS, (
         raw_pixel_embeddings,
         lambda x: embed(random_cnn, x),
-        lambda x: embed(simclr, x),  # its retrieval layer: the pooled features
+        lambda x: embed(simclr, x),  # its retrieval layer
         lambda x: embed(simclr, x, layer="embedding"),
         lambda x: embed(simclr, x, layer="head"),  # what the loss sees; dropped for retrieval
         lambda x: embed(clicked, x),
+        lambda x: embed(labelled, x),
+        lambda x: embed(vit, x),
         lambda x: embed(supervised, x),
     )))
     results: dict = {}
     for name, embed_fn in embed_fns.items():
-        row = class_retrieval_metrics(embed_fn(queries), query_labels, embed_fn(gallery), gallery_labels)
+        q_emb, g_emb = embed_fn(queries), embed_fn(gallery)
+        row = class_retrieval_metrics(q_emb, query_labels, g_emb, gallery_labels)
+        row["linear probe"] = linear_probe_accuracy(g_emb, gallery_labels, q_emb, query_labels, seed=seed)
         _, graded_ids = exact_search(embed_fn(evalset.query_images), embed_fn(evalset.gallery_images), 100, metric="ip")
         graded = evaluate_rankings(graded_ids, evalset)
         row.update({"graded mAP@100": graded["mAP@100"], "graded nDCG@10": graded["nDCG@10"]})
@@ -130,7 +178,11 @@ def run(seed: int = 0) -> dict:
         "setting": f"{len(queries)} queries vs {len(gallery)} gallery images, relevant = same class; graded set {len(evalset)} x {len(evalset.gallery_images)}",
         "click_log": {"sessions": len(log.query_ids), "clicks": int((log.clicked_ids >= 0).sum()), "click_precision": float(np.mean(gallery_labels[click_p] == gallery_labels[click_q]))},
         "machine": machine(torch_threads=torch.get_num_threads(), load_average=os.getloadavg()),
+        "committed_model": {"version": simclr.version, "recipe": simclr_recipe()},
+        "supervised_history": supervised_history,
+        "vit": {"config": dataclasses.asdict(vit_cfg), "history": vit_history},
         "metrics": results,
+        "targets": targets(results),
     }
     fig = plot_encoders(results, f"Retrieval quality ({len(queries):,} queries vs {len(gallery):,} images; graded set)")
     figure = save_figure(fig, "bench_encoders")
@@ -141,10 +193,33 @@ def run(seed: int = 0) -> dict:
     return out
 
 
+def simclr_recipe() -> dict:
+    """The committed checkpoint's training settings (``checkpoints/simclr_cnn.json``: what ``make train`` ran)."""
+    from visual_search.models import CHECKPOINT_PATH
+
+    return json.loads(CHECKPOINT_PATH.with_suffix(".json").read_text())["config"]
+
+
+def targets(results: dict[str, dict]) -> dict:
+    """Issue 12's targets, read off the rows: the best self-supervised row against raw pixels, and the ceiling."""
+    raw = results["raw pixels"]
+    committed = results["self-supervised CNN (committed)"]
+    best = max(SELF_SUPERVISED, key=lambda name: results[name]["P@1"])
+    return {
+        "best_self_supervised": best,
+        "self_supervised_P@1": results[best]["P@1"],
+        "self_supervised_P@1_at_least_0.88": results[best]["P@1"] >= 0.88,
+        "committed_beats_raw_pixels_on": [m for m in ("P@1", "P@10", "MRR", "graded nDCG@10") if committed[m] > raw[m]],
+        "supervised_P@1": results["supervised CNN (ceiling)"]["P@1"],
+        "supervised_P@1_at_least_0.92": results["supervised CNN (ceiling)"]["P@1"] >= 0.92,
+        "committed_images_per_s_per_core": committed["images/s"],
+    }
+
+
 def plot_encoders(results: dict[str, dict], title: str):
     """Quality bars per encoder and metric, and throughput per encoder (log). Returns the figure."""
     names = list(results)
-    columns = ["P@1", "P@10", "MRR", "graded mAP@100", "graded nDCG@10"]
+    columns = ["P@1", "P@10", "MRR", "linear probe", "graded mAP@100", "graded nDCG@10"]
     fig, (bars, speed) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(names)
     x = np.arange(len(columns))
