@@ -14,7 +14,7 @@ help:
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
 	@echo "make lint      install, then ruff over the library, tests, datasets script and notebooks"
 	@echo "make serve     the visual search service on http://127.0.0.1:8000 (full 70k gallery; first start builds it)"
-	@echo "make bench     every benchmark (baseline, encoders, ann, serve, online, scale) -> results/*.json, figures/*.png"
+	@echo "make bench     every benchmark (baseline, ablations, encoders, ann, serve, online, scale) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make data      fetch Fashion-MNIST (Debian package when root, else torchvision's download)"
