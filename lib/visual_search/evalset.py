@@ -3,8 +3,12 @@
 Real platforms pay human raters to grade (query, candidate) pairs. We cannot,
 so the grades follow a fixed, documented rule over Fashion-MNIST's labels:
 
-    5  the candidate is an augmented copy of the query (random crop, flip,
-       brightness/contrast), planted in the gallery: a near-duplicate;
+    5  the candidate is an edited copy of the query, planted in the gallery: a
+       near-duplicate. ``unseen_edits`` makes it from edits that no training
+       recipe of the course uses (``UNSEEN_EDITS``: JPEG re-compression, a
+       shrink into a black canvas, a small zero-padded shift, sharpening or
+       noise), so the copies do not favour the augmentations a model was
+       trained to ignore (SimCLR's crops, flips, rotations, colour jitter, blur);
     3  the candidate has the query's class (a Sneaker for a Sneaker);
     1  the candidate has the query's super-category (a Sandal for a Sneaker);
     0  anything else.
@@ -27,12 +31,13 @@ the same functions.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.transforms import v2
+from PIL import Image, ImageFilter
 
 from visual_search import config, metrics
 from visual_search.data import SUPER_CATEGORY_OF_LABEL, DataError, Sample
@@ -47,6 +52,20 @@ EVAL_PATH = config.DATASETS_DIR / "graded_eval.npz"
 NDCG_KS = (1, 2, 3, 5, 10, 20, 50, 100)
 #: The name ``rank_all`` gives the oracle: a reference point (drawn as a line), not a system.
 ORACLE = "ideal (oracle)"
+#: The edit families ``unseen_edits`` composes a grade-5 copy from; none is a training augmentation.
+UNSEEN_EDITS = ("jpeg", "rescale_in_canvas", "translate", "sharpen_or_noise")
+#: Each family is applied to a copy with this probability (at least one always is).
+UNSEEN_EDIT_P = 0.5
+#: The ranges ``unseen_edits`` draws from (uniform): JPEG quality, the shrunk item's side as a
+#: fraction of the image, how far (whole pixels, each axis) it may sit from the canvas's centre,
+#: the shift in whole pixels (each axis), the unsharp mask's strength (%)
+#: and the Gaussian noise's standard deviation (grey levels of 0..255).
+JPEG_QUALITY = (20, 60)
+CANVAS_SCALE = (0.75, 0.90)
+MAX_OFF_CENTRE = 2
+MAX_SHIFT = 2
+SHARPEN_PERCENT = (100, 200)
+NOISE_SIGMA = (6.0, 16.0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,8 @@ class GradedEvalSet:
     Attributes:
         query_images: uint8 ``[Q, 28, 28]``.
         query_labels: int64 ``[Q]``.
-        gallery_images: uint8 ``[G, 28, 28]``: the sample's gallery, then one augmented copy per query.
+        gallery_images: uint8 ``[G, 28, 28]``: the sample's gallery, then one edited copy per query
+            (``unseen_edits``).
         gallery_labels: int64 ``[G]``.
         copy_of: int64 ``[G]``: the query a gallery image is a copy of, or -1.
         grades: uint8 ``[Q, G]``, each 0..5.
@@ -130,31 +150,115 @@ def grade_matrix(query_labels: np.ndarray, gallery_labels: np.ndarray, copy_of: 
     return grades
 
 
-def near_duplicate_augmentation() -> v2.Compose:
-    """The augmentation that makes a grade-5 copy: what a re-upload or a screenshot might do."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(28, scale=(0.7, 1.0), ratio=(0.85, 1.15), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3),
-        ]
-    )
+def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``img`` moved by whole pixels (down ``dy``, right ``dx``), zeros where it left: no interpolation."""
+    out = np.zeros_like(img)
+    h, w = img.shape
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
+def unseen_edits(images: np.ndarray, seed: int = 0, families: Sequence[str] = UNSEEN_EDITS) -> np.ndarray:
+    """Edited copies of ``images`` made only from edits that no training recipe of the course uses.
+
+    The grade-5 copies of the graded set (``build_graded_eval``) and chapter 04's edited
+    queries are made here. They used to be made with a subset of SimCLR's own training
+    augmentations (``augment.augment_batch``: random resized crop, flip, rotation,
+    brightness/contrast jitter, blur), which favours SimCLR by construction: it was
+    trained to ignore exactly those changes. So the rule is: **no** crop or resize-up,
+    flip, rotation, brightness/contrast jitter or blur. Instead each copy gets a random
+    composition of ``UNSEEN_EDITS``, each family applied with probability
+    ``UNSEEN_EDIT_P`` (at least one always is), in this order:
+
+    * ``rescale_in_canvas``: shrink the item to ``CANVAS_SCALE`` (75-90 %) of its side
+      (Pillow's box filter, a downscale only) and paste it on a black canvas of the
+      original size, up to ``MAX_OFF_CENTRE`` (2) whole pixels off centre on each axis;
+    * ``translate``: a shift of up to ``MAX_SHIFT`` (2) whole pixels on each axis (not
+      both zero), zero-padded, with no interpolation;
+    * ``sharpen_or_noise``: half the time an unsharp mask (radius 1, strength
+      ``SHARPEN_PERCENT``, 100-200 %), else additive Gaussian noise with a standard
+      deviation in ``NOISE_SIGMA`` (6-16 grey levels), clipped to 0..255;
+    * ``jpeg``: re-compression by Pillow at a quality in ``JPEG_QUALITY`` (20-60), last,
+      as a re-upload would do.
+
+    Every random number comes from ``numpy.random.default_rng(seed)`` (the global
+    numpy and torch generators are not touched); the same seed and the pinned
+    numpy/Pillow give the same copies.
+
+    Args:
+        images: uint8 ``[N, H, W]`` greyscale images (Fashion-MNIST's 28x28).
+        seed: the seed of every random choice.
+        families: the families that may be applied, a non-empty subset of ``UNSEEN_EDITS``
+            (default: all). The random draws do not depend on it, so one family alone shows
+            exactly its share of the default copies.
+
+    Returns:
+        uint8 ``[N, H, W]``: one edited copy per image, in order.
+
+    Raises:
+        DataError: if ``images`` is not a uint8 ``[N, H, W]`` array, or for an unknown family.
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3 or 0 in images.shape[1:]:
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"images: expected a uint8 [N, H, W] array, got {got}")
+    allowed = np.array([f in families for f in UNSEEN_EDITS])
+    if isinstance(families, str) or not allowed.any() or not set(families) <= set(UNSEEN_EDITS):
+        raise DataError(f"families: expected a non-empty subset of {UNSEEN_EDITS}, got {families!r}")
+    n, h, w = images.shape
+    rng = np.random.default_rng(seed)
+    apply = rng.random((n, len(UNSEEN_EDITS))) < UNSEEN_EDIT_P
+    forced = rng.integers(len(UNSEEN_EDITS), size=n)  # the edit a copy gets when the coins gave it none
+    apply[np.arange(n), forced] |= ~apply.any(axis=1)
+    apply &= allowed
+    jpeg, rescale, translate, sharpen_or_noise = apply.T
+    quality = rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, size=n)
+    scale = rng.uniform(*CANVAS_SCALE, size=n)
+    off_centre = rng.integers(-MAX_OFF_CENTRE, MAX_OFF_CENTRE + 1, size=(n, 2))  # where the shrunk item goes
+    steps = np.arange(-MAX_SHIFT, MAX_SHIFT + 1)
+    offsets = np.array([(dy, dx) for dy in steps for dx in steps if dy or dx])  # every shift but (0, 0)
+    shift = offsets[rng.integers(len(offsets), size=n)]
+    sharpen = rng.random(n) < 0.5
+    percent = rng.integers(SHARPEN_PERCENT[0], SHARPEN_PERCENT[1] + 1, size=n)
+    sigma = rng.uniform(*NOISE_SIGMA, size=n)
+    noise_seeds = rng.integers(2**63, size=n)
+
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        if rescale[i]:
+            nh, nw = max(1, round(h * scale[i])), max(1, round(w * scale[i]))
+            small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BOX))
+            top = int(np.clip((h - nh) // 2 + off_centre[i, 0], 0, h - nh))
+            left = int(np.clip((w - nw) // 2 + off_centre[i, 1], 0, w - nw))
+            img = np.zeros_like(img)
+            img[top : top + nh, left : left + nw] = small
+        if translate[i]:
+            img = _shift(img, int(shift[i, 0]), int(shift[i, 1]))
+        if sharpen_or_noise[i]:
+            if sharpen[i]:
+                img = np.asarray(Image.fromarray(img).filter(ImageFilter.UnsharpMask(radius=1, percent=int(percent[i]), threshold=0)))
+            else:
+                noise = np.random.default_rng(noise_seeds[i]).normal(0.0, sigma[i], size=img.shape)
+                img = np.clip(img + noise, 0, 255).round().astype(np.uint8)
+        if jpeg[i]:
+            buffer = io.BytesIO()
+            Image.fromarray(img).save(buffer, format="JPEG", quality=int(quality[i]))
+            buffer.seek(0)
+            img = np.asarray(Image.open(buffer).convert("L"))
+        out[i] = img
+    return out
 
 
 def build_graded_eval(sample: Sample, seed: int = 0) -> GradedEvalSet:
-    """Build the graded set from the sample: plant one augmented copy of each query in the gallery.
+    """Build the graded set from the sample: plant one edited copy of each query in the gallery.
 
     Args:
         sample: the committed sample (its queries and gallery).
-        seed: seeds torch's generator; the same seed and torch version give the same copies.
+        seed: seeds ``unseen_edits``; the same seed and the pinned numpy/Pillow give the same copies.
 
     Returns:
         The ``GradedEvalSet``.
     """
-    augment = near_duplicate_augmentation()
-    with torch.random.fork_rng():  # seed locally; the caller's global RNG state is restored afterwards
-        torch.manual_seed(seed)
-        copies = np.stack([augment(torch.from_numpy(img).unsqueeze(0))[0].numpy() for img in sample.query_images])
+    copies = unseen_edits(sample.query_images, seed=seed)
     n_gallery, n_query = len(sample.gallery_images), len(sample.query_images)
     copy_of = np.concatenate([np.full(n_gallery, -1), np.arange(n_query)]).astype(np.int64)
     gallery_labels = np.concatenate([sample.gallery_labels, sample.query_labels]).astype(np.int64)
