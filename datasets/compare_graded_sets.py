@@ -1,6 +1,6 @@
 """Score raw pixels and the committed checkpoint on two versions of the graded set, with the same code.
 
-    git show c704675:datasets/graded_eval.npz > /tmp/graded_eval_old.npz   # the set before the rebuild
+    git show 6dce799:datasets/graded_eval.npz > /tmp/graded_eval_old.npz   # the set before the rebuild
     python datasets/compare_graded_sets.py /tmp/graded_eval_old.npz datasets/graded_eval.npz
 
 Writes ``results/graded_set_rebuild.json``: per set, graded mAP@100, nDCG@10 (and the other
