@@ -100,15 +100,13 @@ def exact_index_search(queries: np.ndarray, support: np.ndarray) -> np.ndarray:
 
 def knn_scores(encoder, queries, query_labels, gallery, gallery_labels) -> dict[str, float]:
     """kNN P@1 at each layer, and P@10 and MRR at the encoder's retrieval layer (relevant = same class)."""
-    from visual_search import metrics
+    from visual_search.bench.encoders import class_retrieval_metrics
     from visual_search.embed import embed
-    from visual_search.index.exact import exact_search
 
-    n_relevant = np.bincount(gallery_labels, minlength=int(query_labels.max()) + 1)[query_labels]
     out: dict[str, float] = {}
     for layer in ("pooled", "embedding", "head"):
-        _, ids = exact_search(embed(encoder, queries, layer=layer, progress=False), embed(encoder, gallery, layer=layer, progress=False), 10, metric="ip")
-        scores = metrics.binary_metrics_from_hits(gallery_labels[ids] == query_labels[:, None], n_relevant, ks=(1, 10))
+        scores = class_retrieval_metrics(embed(encoder, queries, layer=layer, progress=False), query_labels,
+                                         embed(encoder, gallery, layer=layer, progress=False), gallery_labels)
         out[f"P@1 {layer}"] = scores["P@1"]
         if layer == encoder.retrieval_layer:
             out.update({"P@1": scores["P@1"], "P@10": scores["P@10"], "MRR": scores["MRR"]})
@@ -138,8 +136,8 @@ def run(seed: int = 0) -> dict:
         sample = load_sample()
         train_images = sample.gallery_images
         gallery, gallery_labels = sample.gallery_images, sample.gallery_labels
-        queries = sample.query_images[:: max(1, len(sample.query_images) // size["queries"])]
-        query_labels = sample.query_labels[:: max(1, len(sample.query_labels) // size["queries"])]
+        step = max(1, len(sample.query_images) // size["queries"])
+        queries, query_labels = sample.query_images[::step], sample.query_labels[::step]
     else:
         train_images, train_labels = load_fashion_mnist("train")
         test_images, test_labels = load_fashion_mnist("test")
@@ -149,23 +147,19 @@ def run(seed: int = 0) -> dict:
     base = dataclasses.replace(TrainConfig(), seed=seed)
     rows = [r for r in ROWS if size["rows"] is None or r[0] in size["rows"]]
     results: list[dict] = []
-    base_seconds_per_step = None
     for name, group, overrides in rows:
         cfg = row_config(base, overrides, size)
         note = ""
         if overrides.get("equal_time"):
             # MoCo's step costs less than SimCLR's (one backward pass over B images, not 2B): give it the same wall time.
             mine = seconds_per_step(cfg, train_images, size["probe_steps"])
-            simclr = base_seconds_per_step or seconds_per_step(row_config(base, {}, size), train_images, size["probe_steps"])
+            simclr = seconds_per_step(row_config(base, {}, size), train_images, size["probe_steps"])  # measured beside it
             cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * simclr / mine)))
             note = f"{cfg.epochs} epochs: a step costs {mine / simclr:.2f}x SimCLR's (measured)"
         neighbour_search = exact_index_search if cfg.method == "nnclr" else None
         t0 = time.perf_counter()
         encoder, history = train_contrastive(cfg, train_images, progress=False, neighbour_search=neighbour_search)
         seconds = time.perf_counter() - t0
-        steps = len(history) * (min(cfg.limit or len(train_images), len(train_images)) // cfg.batch_size)
-        if name == "base recipe":
-            base_seconds_per_step = seconds / max(1, steps)
         row = {"name": name, "group": group, "overrides": _jsonable(overrides), "method": cfg.method, "epochs": cfg.epochs,
                "batch_size": cfg.batch_size, "temperature": cfg.temperature, "encoder_args": _jsonable(cfg.encoder_args),
                "augment_args": _jsonable(cfg.augment_args), "train_seconds": seconds,
