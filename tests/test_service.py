@@ -458,8 +458,10 @@ def test_a_model_swap_under_searches_and_writes_fails_nothing_and_loses_nothing(
     stop = threading.Event()
 
     def searcher(mine: list[str]) -> None:
-        i = 0
-        while not stop.is_set() and i < 2000:
+        # Bounded in count and time, with room to outlast the swap: under load a 2,000-search cap could
+        # run out before the rebuild finished, and a thread then never saw the new model.
+        i, deadline = 0, time.monotonic() + 240
+        while not stop.is_set() and i < 50_000 and time.monotonic() < deadline:
             try:
                 mine.append(service.search(sample.query_images[i % 500], k=10).model_version)
             except Exception as err:  # any failure counts
