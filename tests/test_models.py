@@ -133,7 +133,8 @@ def test_what_the_checks_accept_runs_forward(kwargs, image_size):
     enc = build_encoder(**kwargs)
     with torch.no_grad():
         for layer in models.LAYERS:
-            assert torch.isfinite(enc(torch.randn(2, 1, image_size, image_size), layer=layer)).all()
+            if layer != "whitened":  # needs a fit first (tested below)
+                assert torch.isfinite(enc(torch.randn(2, 1, image_size, image_size), layer=layer)).all()
     json.dumps(enc.config)  # plain Python values only (a NumPy int became an int)
 
 
@@ -452,3 +453,64 @@ def test_embed_restores_the_training_mode_when_it_raises(sample, monkeypatch, tr
     with pytest.raises(ImageError, match="mid-way"):
         embed(enc, sample.query_images[:10], batch_size=4)
     assert len(calls) == 2 and _modes(enc) == [training] * len(_modes(enc))
+
+
+# The whitened layer: the conv map before pooling, PCA-whitened (embed.fit_whitening).
+
+
+def test_fit_whitening_matches_scikit_learns_pca_and_whitens(sample):
+    from sklearn.decomposition import PCA
+
+    enc = build_encoder("cnn", **SMALL["cnn"])  # width 8: a 32 x 7 x 7 = 1,568-value map
+    images = sample.gallery_images[::4]
+    maps = embed_module.conv_maps(enc, images)
+    assert maps.shape == (len(images), 1568)
+    embed_module.fit_whitening(enc, images, dim=24)
+    assert enc.retrieval_layer == "whitened" and enc.config["whitening_dim"] == 24 and int(enc.whitening.n_fitted) == len(images)
+    reference = PCA(24, whiten=True, svd_solver="covariance_eigh").fit(maps).transform(maps)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    got = embed(enc, images)
+    # Principal directions are defined up to sign: compare |cosine| per dimension pair after aligning signs.
+    signs = np.sign(np.sum(got * reference, axis=0))
+    np.testing.assert_allclose(got * signs, reference, atol=2e-3)
+    with torch.no_grad():
+        white = enc.whitening(torch.from_numpy(maps)).numpy()
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(24), atol=2e-3)  # unit variance, uncorrelated
+
+
+def test_a_whitened_encoder_round_trips_and_an_unfitted_one_refuses(sample, tmp_path):
+    enc = embed_module.fit_whitening(build_encoder("cnn", seed=3, **SMALL["cnn"]), sample.gallery_images[:300], dim=16)
+    before = embed(enc, sample.query_images[:5])
+    assert before.shape == (5, 16)
+    models.save_encoder(enc, tmp_path / "w.pt")
+    loaded = models.load_pretrained(tmp_path / "w.pt")
+    assert loaded.version == enc.version and loaded.retrieval_layer == "whitened"
+    np.testing.assert_array_equal(embed(loaded, sample.query_images[:5]), before)
+    refit = embed_module.fit_whitening(models.load_pretrained(tmp_path / "w.pt"), sample.gallery_images[300:700], dim=16)
+    assert refit.version != enc.version  # the fit is part of what the model computes
+    rebuilt = build_encoder("cnn", **enc.config)  # same architecture, whitening not fitted
+    with pytest.raises(ModelError, match="no fitted whitening; call visual_search.embed.fit_whitening"):
+        embed(rebuilt, sample.query_images[:2])
+    with pytest.raises(ModelError, match="no fitted whitening"):
+        embed(build_encoder("cnn", **SMALL["cnn"]), sample.query_images[:2], layer="whitened")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: embed_module.fit_whitening(build_encoder("vit", **SMALL["vit"]), s.gallery_images[:100]), "only the cnn has a whitened layer, not 'vit'"),
+        (lambda s: embed_module.fit_whitening(build_encoder("cnn", **SMALL["cnn"]), s.gallery_images[:50], dim=64), "needs more than 64 images, got 50"),
+        (lambda s: embed_module.fit_whitening(build_encoder("cnn", **SMALL["cnn"]), s.gallery_images[:100], dim=5000), "dim must be"),
+        (lambda s: embed_module.fit_whitening(build_encoder("cnn", **SMALL["cnn"]), np.zeros((100, 28, 28), np.uint8), dim=8), "varies in only 0 directions"),
+        (lambda s: embed_module.fit_whitening(build_encoder("cnn", **SMALL["cnn"]), s.gallery_images[:100].astype(np.float32)), "images: expected a uint8"),
+        (lambda s: embed_module.fit_whitening("cnn", s.gallery_images[:100]), "encoder: expected a visual_search.models.Encoder"),
+        (lambda s: build_encoder("cnn", retrieval_layer="whitened", **SMALL["cnn"]), "needs whitening_dim"),
+        (lambda s: build_encoder("vit", whitening_dim=8, **SMALL["vit"]), "only the cnn has a whitened layer"),
+        (lambda s: build_encoder("cnn", whitening_dim=0, **SMALL["cnn"]), "whitening_dim must be"),
+        (lambda s: build_encoder("cnn", whitening_dim=2000, **SMALL["cnn"]), "whitening_dim must be"),
+        (lambda s: build_encoder("resnet18").feature_map(torch.zeros(1, 1, 28, 28)), "only the cnn exposes its conv map"),
+    ],
+)
+def test_whitening_refuses_bad_input_by_name(sample, call, message):
+    with pytest.raises((ModelError, ImageError), match=message):
+        call(sample)

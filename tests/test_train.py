@@ -160,14 +160,15 @@ def test_committed_checkpoint_loads_and_beats_a_random_encoder(sample):
     if not models.CHECKPOINT_PATH.exists():
         pytest.fail(f"{models.CHECKPOINT_PATH} is missing: train it with the command in its .json file")
     trained = models.load_pretrained()
-    assert models.CHECKPOINT_PATH.stat().st_size < 1_000_000
+    assert models.CHECKPOINT_PATH.stat().st_size < 2_000_000  # ~0.5 MB of weights + 0.8 MB of whitening (3,136 x 64 floats)
     assert models.CHECKPOINT_PATH.read_bytes()[:8] == models.CHECKPOINT_MAGIC  # the checksummed format, not a bare pickle
     assert trained.version == models.load_pretrained().version
     e = embed(trained, sample.query_images[:4])
-    assert trained.retrieval_layer == "pooled"  # measured best for retrieval (results/bench_encoders.json)
-    assert e.shape == (4, 64) and e.dtype == np.float32  # 16 -> 32 -> 64 channels, globally pooled
+    assert trained.retrieval_layer == "whitened"  # measured best for retrieval (results/bench_encoders.json)
+    assert e.shape == (4, 64) and e.dtype == np.float32  # the 64 x 7 x 7 conv map whitened to 64 values
+    assert int(trained.whitening.n_fitted) == 60_000  # fitted on the whole train split, no labels
     random_init = models.build_encoder(trained.name, **{**trained.config, "seed": 0})
-    assert knn_precision_at_1(trained, sample) > knn_precision_at_1(random_init, sample)
+    assert knn_precision_at_1(trained, sample, layer="whitened") > knn_precision_at_1(trained, sample, layer="pooled") > knn_precision_at_1(random_init, sample)
 
 
 @pytest.mark.parametrize("total_steps", [1, 2, 9, 10, 11, 20, 100])
@@ -273,3 +274,21 @@ def test_supervised_history_shows_the_plateau(sample):
     history: list = []
     train_supervised(enc, sample.gallery_images[:256], sample.gallery_labels[:256], epochs=2, batch_size=64, progress=False, monitor=sample, history=history)
     assert [h["epoch"] for h in history] == [1, 2] and all(0 <= h["knn_p_at_1"] <= 1 and h["loss"] > 0 for h in history)
+
+
+def test_training_a_whitened_encoder_refits_its_whitening(sample):
+    """Training changes the conv map, so every loop refits the whitened layer on its training images."""
+    from visual_search.embed import fit_whitening
+
+    images, labels = sample.gallery_images[:256], sample.gallery_labels[:256]
+    enc = fit_whitening(models.build_encoder("cnn", seed=0, **TINY["encoder_args"]), sample.gallery_images[1000:1300], dim=16)
+    before = enc.whitening.projection.clone()
+    history: list = []
+    train_supervised(enc, images, labels, epochs=1, batch_size=64, progress=False, monitor=sample, history=history)
+    assert int(enc.whitening.n_fitted) == 256 and not torch.equal(enc.whitening.projection, before)
+    assert embed(enc, sample.query_images[:3]).shape == (3, 16)
+    finetune_on_pairs(enc, sample.gallery_images[:300], np.arange(64), np.arange(64, 128), batch_size=32, epochs=1, progress=False)
+    assert int(enc.whitening.n_fitted) == 300
+    cfg = TrainConfig(**{**TINY, "encoder_args": {**TINY["encoder_args"], "whitening_dim": 16, "retrieval_layer": "whitened"}})
+    trained, _ = train_simclr(cfg, sample.gallery_images, progress=False, monitor=sample)  # monitored at "pooled" until the fit
+    assert trained.retrieval_layer == "whitened" and int(trained.whitening.n_fitted) == 256  # cfg.limit images

@@ -6,7 +6,13 @@ Every encoder is an ``Encoder`` with three outputs, from the input upwards:
   and ResNet, the class token for the ViT);
 * ``"embedding"``: the backbone's *neck* (the design notes' fully connected
   layers) maps them to an ``embedding_dim`` vector;
-* ``"head"``: a small projection MLP on top, used only by the training loss.
+* ``"head"``: a small projection MLP on top, used only by the training loss;
+* ``"whitened"`` (CNN only, once fitted): the conv map *before* global pooling,
+  flattened, PCA-whitened to ``whitening_dim`` values (``Whitening``, fitted
+  without labels by ``visual_search.embed.fit_whitening``). Pooling throws away
+  where in the image a pattern is, which raw pixels keep; the map keeps it, and
+  whitening (Jegou and Chum, ECCV 2012) evens out its dominant, correlated
+  directions so a few bright ones do not decide every similarity.
 
 Following SimCLR, the loss is computed on the head and the head is dropped for
 retrieval: layers close to the loss learn to discard what the loss does not
@@ -81,9 +87,33 @@ ARCHITECTURE_ARGS: dict[str, dict[str, int]] = {
 }
 #: Upper bounds of the architecture arguments (each must also be >= 1).
 _ARCHITECTURE_MAX = {"conv_layers": 16, "width": 4_096, "fc_width": MAX_DIM, "patch_size": MAX_IMAGE_SIZE, "depth": 64, "heads": 1_024}
-_COMMON_ARGS = ("embedding_dim", "in_channels", "image_size", "projection_dim", "pretrained", "seed", "retrieval_layer")
+_COMMON_ARGS = ("embedding_dim", "in_channels", "image_size", "projection_dim", "pretrained", "seed", "retrieval_layer", "whitening_dim")
 
-LAYERS = ("pooled", "embedding", "head")
+LAYERS = ("pooled", "embedding", "head", "whitened")
+
+
+class Whitening(nn.Module):
+    """A fitted PCA whitening: ``(h - mean) @ projection``, from ``in_features`` to ``dim`` values.
+
+    The buffers start empty (zeros, ``n_fitted == 0``) so a checkpoint's config can
+    rebuild the module and ``load_state_dict`` can fill it; ``embed.fit_whitening``
+    fits it. ``projection``'s columns are the top principal directions divided by the
+    square root of their variance, so every output direction has unit variance on the
+    images it was fitted on.
+    """
+
+    def __init__(self, in_features: int, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("projection", torch.zeros(in_features, dim))
+        self.register_buffer("n_fitted", torch.zeros((), dtype=torch.int64))  # images it was fitted on; 0 = not fitted
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.n_fitted > 0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.mean) @ self.projection
 
 
 class Encoder(nn.Module):
@@ -94,6 +124,7 @@ class Encoder(nn.Module):
         config: the keyword arguments ``build_encoder`` was called with (saved in checkpoints).
         image_size, in_channels, mean, std: the preprocessing this encoder expects.
         retrieval_layer: the output ``embed`` uses by default (one of ``LAYERS``).
+        whitening: the ``Whitening`` behind the "whitened" layer (None: the encoder has no such layer).
         version: a stable id computed from the weights (a property; see ``Encoder.version``).
     """
 
@@ -109,6 +140,7 @@ class Encoder(nn.Module):
         std: float,
         config: dict[str, Any],
         retrieval_layer: str = "embedding",
+        whitening: Whitening | None = None,
     ):
         super().__init__()
         self.name = name
@@ -121,25 +153,47 @@ class Encoder(nn.Module):
         self.mean = mean
         self.std = std
         self.config = config
+        self.whitening = whitening  # registered last, so fitting one later gives the same state-dict order
 
     def forward(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
         """Map preprocessed images ``[N, C, H, W]`` to unit-length vectors ``[N, D]``.
 
         Args:
             x: float32 images, already resized and z-scored for this encoder.
-            layer: "pooled", "embedding" or "head" (None: ``retrieval_layer``).
+            layer: "pooled", "embedding", "head" or "whitened" (None: ``retrieval_layer``).
+
+        Raises:
+            ModelError: for an unknown layer, input of the wrong shape, or "whitened"
+                on an encoder whose whitening is missing or not fitted yet.
         """
         layer = layer or self.retrieval_layer
         if layer not in LAYERS:
             raise ModelError(f"layer must be one of {LAYERS}, got {layer!r}")
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ModelError(f"x: expected [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if layer == "whitened":
+            if self.whitening is None or not self.whitening.fitted:
+                raise ModelError(f"layer 'whitened': this {self.name} encoder has no fitted whitening; "
+                                 "call visual_search.embed.fit_whitening(encoder, images) first")
+            return nn.functional.normalize(self.whitening(self.feature_map(x)), dim=1)
         h = self.backbone.features(x)
         if layer != "pooled":
             h = self.backbone.neck(h)
         if layer == "head":
             h = self.head(h)
         return nn.functional.normalize(h, dim=1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The CNN's last conv map before global pooling, flattened and L2-normalised: ``[N, C*h*w]``.
+
+        What the "whitened" layer whitens. Only the CNN is built as a plain conv
+        trunk ending in pooling; the ResNet and ViT are refused by name.
+        """
+        if self.name != "cnn":
+            raise ModelError(f"feature_map: only the cnn exposes its conv map here, not {self.name!r}")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ModelError(f"x: expected [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        return nn.functional.normalize(self.backbone.features[:-2](x).flatten(1), dim=1)  # drop AdaptiveAvgPool2d, Flatten
 
     def num_parameters(self, head: bool = False) -> int:
         """Trainable parameters of the backbone (and of the head, if asked)."""
@@ -296,6 +350,7 @@ def build_encoder(
     pretrained: bool = False,
     seed: int | None = 0,
     retrieval_layer: str = "embedding",
+    whitening_dim: int | None = None,
     **kwargs: Any,
 ) -> Encoder:
     """Build an encoder by name.
@@ -311,7 +366,10 @@ def build_encoder(
         projection_dim: output size of the projection head used in training (1..``MAX_DIM``).
         pretrained: ResNets only: start from torchvision's ImageNet weights (downloaded once).
         seed: seeds the random initialisation, 0..2**32-1 (None: leave torch's global RNG as it is).
-        retrieval_layer: the output ``embed`` returns by default ("pooled" or "embedding").
+        retrieval_layer: the output ``embed`` returns by default ("pooled", "embedding",
+            or "whitened" when ``whitening_dim`` is given).
+        whitening_dim: CNN only: give the encoder a "whitened" layer of this size (1..the
+            conv map's size); its ``Whitening`` starts unfitted (``embed.fit_whitening`` fits it).
         **kwargs: architecture arguments (``ARCHITECTURE_ARGS`` has them with their defaults):
             for "cnn" ``conv_layers``, ``width``, ``fc_width`` (the CNN max-pools
             ``conv_layers - 1`` times, so ``image_size`` must be at least ``2**(conv_layers - 1)``);
@@ -325,7 +383,8 @@ def build_encoder(
         ModelError: for an unknown name or argument, a bad value (naming it), or
             weights that cannot be downloaded.
     """
-    return _build_encoder(name, embedding_dim, in_channels, image_size, projection_dim, pretrained, seed, retrieval_layer, kwargs, download=True)
+    return _build_encoder(name, embedding_dim, in_channels, image_size, projection_dim, pretrained, seed, retrieval_layer, kwargs,
+                          download=True, whitening_dim=whitening_dim)
 
 
 def _build_encoder(
@@ -339,12 +398,17 @@ def _build_encoder(
     retrieval_layer: str,
     kwargs: dict[str, Any],
     download: bool,
+    whitening_dim: int | None = None,
 ) -> Encoder:
     """``build_encoder``, which ``load_checkpoint`` calls with ``download=False`` (the checkpoint has the weights)."""
     if not isinstance(name, str) or name not in ENCODERS:
         raise ModelError(f"unknown encoder {name!r}; choose one of {ENCODERS}")
-    if retrieval_layer not in ("pooled", "embedding"):
-        raise ModelError(f"retrieval_layer must be 'pooled' or 'embedding' (the head is for training), got {retrieval_layer!r}")
+    if retrieval_layer not in ("pooled", "embedding", "whitened"):
+        raise ModelError(f"retrieval_layer must be 'pooled', 'embedding' or 'whitened' (the head is for training), got {retrieval_layer!r}")
+    if whitening_dim is not None and name != "cnn":
+        raise ModelError(f"whitening_dim: only the cnn has a whitened layer, not {name!r}")
+    if retrieval_layer == "whitened" and whitening_dim is None:
+        raise ModelError("retrieval_layer='whitened' needs whitening_dim (the size of the whitened layer)")
     if not isinstance(pretrained, bool):
         raise ModelError(f"pretrained must be True or False, got {pretrained!r}")
     if pretrained and not name.startswith("resnet"):
@@ -359,6 +423,12 @@ def _build_encoder(
         embedding_dim=embedding_dim, in_channels=in_channels, image_size=image_size, projection_dim=projection_dim, pretrained=pretrained, seed=seed,
         retrieval_layer=retrieval_layer, **{arg: arch[arg] for arg in kwargs}
     )
+    whitening = None
+    if whitening_dim is not None:
+        levels = arch["conv_layers"] - 1
+        map_size = arch["width"] * 2**levels * (image_size // 2**levels) ** 2  # channels x h x w of the last conv block
+        settings["whitening_dim"] = check_int(whitening_dim, "whitening_dim", low=1, high=min(map_size, MAX_DIM), error=ModelError)
+        whitening = Whitening(map_size, settings["whitening_dim"])
     with torch.random.fork_rng():
         if seed is not None:
             torch.manual_seed(seed)
@@ -369,7 +439,7 @@ def _build_encoder(
         else:
             backbone = _resnet(int(name[6:]), in_channels, embedding_dim, pretrained, download)
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        encoder = Encoder(name, backbone, embedding_dim, projection_dim, image_size, in_channels, mean, std, settings, retrieval_layer)
+        encoder = Encoder(name, backbone, embedding_dim, projection_dim, image_size, in_channels, mean, std, settings, retrieval_layer, whitening)
     return encoder.eval()
 
 

@@ -1,13 +1,18 @@
 """Contrastive (SimCLR) training, with a kNN retrieval monitor, checkpoints and resume.
 
-    python -m visual_search.train --epochs 50 --out checkpoints/simclr_cnn.pt   # the committed checkpoint
-    python -m visual_search.train --epochs 1 --limit 2000 --out /tmp/try.pt     # a quick look
+    python -m visual_search.train --epochs 50 --whiten 64 --out checkpoints/simclr_cnn.pt   # the committed checkpoint
+    python -m visual_search.train --epochs 1 --limit 2000 --out /tmp/try.pt                 # a quick look
+    python -m visual_search.train --whiten 64 --whiten-only --out checkpoints/simclr_cnn.pt # refit the whitening only
 
 Each epoch shuffles the training images, makes two random views of every
 image (``contrastive.augment_batch``), and minimises ``contrastive.nt_xent`` on
 the projection head's output. After each epoch a kNN monitor embeds the
 committed sample's 500 queries and 2,000 gallery images with the backbone and
 reports P@1: the fraction of queries whose nearest gallery image has their class.
+
+After training, ``--whiten D`` fits the CNN's "whitened" retrieval layer
+(``embed.fit_whitening``: a PCA whitening of the conv map, no labels) on the
+training images and makes it the retrieval layer; ``--whiten 0`` keeps pooling.
 
 Everything random (initialisation, shuffling, views) flows from one ``seed``;
 the same seed, data and torch version give the same weights on the same machine.
@@ -41,6 +46,7 @@ from visual_search import config
 from visual_search._checks import check_int, check_real, check_seed
 from visual_search.contrastive import augment_batch, moco_infonce, nt_xent
 from visual_search.data import Sample, load_fashion_mnist, load_sample
+from visual_search.embed import fit_whitening
 from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 from visual_search.models import Encoder, ModelError, build_encoder, load_checkpoint, save_encoder
 from visual_search.preprocess import preprocess_batch
@@ -134,15 +140,22 @@ def to_unit_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_precision_at_1(encoder: Encoder, sample: Sample) -> float:
-    """The monitor: fraction of the sample's queries whose nearest gallery image (backbone embedding) has their class."""
+def knn_precision_at_1(encoder: Encoder, sample: Sample, layer: str | None = None) -> float:
+    """The monitor: fraction of the sample's queries whose nearest gallery image (backbone embedding) has their class.
+
+    ``layer`` defaults to the encoder's retrieval layer, except that a "whitened" encoder
+    is monitored at "pooled": its whitening was fitted to earlier weights and is refitted
+    only when training ends.
+    """
     device = next(encoder.parameters()).device
+    if layer is None:
+        layer = "pooled" if encoder.retrieval_layer == "whitened" else encoder.retrieval_layer
 
     def embed_all(images: np.ndarray) -> torch.Tensor:
         parts = []
         for start in range(0, len(images), 256):  # batches of 256: one huge batch is slower on a CPU
             x = preprocess_batch(images[start : start + 256], size=encoder.image_size, mean=encoder.mean, std=encoder.std, channels=encoder.in_channels)
-            parts.append(encoder(x.to(device)).cpu())  # the encoder's retrieval layer
+            parts.append(encoder(x.to(device), layer=layer).cpu())
         return torch.cat(parts)
 
     nearest = (embed_all(sample.query_images) @ embed_all(sample.gallery_images).T).argmax(dim=1).numpy()
@@ -382,6 +395,8 @@ def train_contrastive(
         if out is not None:
             tensors = {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(), "method_state": method.state()}
             save_encoder(encoder, out, extra={"train_state": {"cfg": asdict(cfg), "history": history}}, state=tensors)
+    if len(history) == cfg.epochs:  # finished: a whitened encoder (encoder_args with whitening_dim) gets its fit
+        _refit_whitening(encoder, images[: cfg.limit] if cfg.limit else images)
     return encoder.eval(), history
 
 
@@ -483,6 +498,13 @@ def train_supervised(
             if monitor is not None:
                 record["knn_p_at_1"] = knn_precision_at_1(encoder, monitor)
             history.append(record)
+    return _refit_whitening(encoder, images)
+
+
+def _refit_whitening(encoder: Encoder, images: np.ndarray) -> Encoder:
+    """Training changed the conv map, so a whitened encoder's whitening is refitted on the training images."""
+    if encoder.whitening is not None:
+        fit_whitening(encoder, images, dim=encoder.config["whitening_dim"])
     return encoder.eval()
 
 
@@ -533,11 +555,15 @@ def finetune_on_pairs(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-    return encoder.eval()
+    return _refit_whitening(encoder, images)
 
 
-def finalize_checkpoint(encoder: Encoder, path: str | Path, cfg: TrainConfig, history: list[dict[str, float]], command: str) -> None:
-    """Rewrite a checkpoint without optimiser state (small enough to commit) but with its provenance."""
+def finalize_checkpoint(encoder: Encoder, path: str | Path, cfg: TrainConfig, history: list[dict[str, float]], command: str,
+                        whitening: dict[str, Any] | None = None) -> None:
+    """Rewrite a checkpoint without optimiser state (small enough to commit) but with its provenance.
+
+    ``whitening`` records how the "whitened" layer was fitted (dim, images, seconds, command), if it was.
+    """
     extra = {
         "trained_with": f"{TRAINED_WITH[cfg.method]} on the Fashion-MNIST train split, no labels",
         "command": command,
@@ -546,6 +572,8 @@ def finalize_checkpoint(encoder: Encoder, path: str | Path, cfg: TrainConfig, hi
         "wall_seconds": sum(h["seconds"] for h in history),
         "machine": {"processor": platform.machine(), "python": platform.python_version(), "torch": str(torch.__version__), "threads": torch.get_num_threads()},
     }
+    if whitening is not None:
+        extra["whitening"] = whitening
     save_encoder(encoder, path, extra=extra)
     Path(path).with_suffix(".json").write_text(json.dumps(extra, indent=2) + "\n")
 
@@ -562,17 +590,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=defaults.encoder_args["width"])
     parser.add_argument("--out", type=Path, default=config.REPO_ROOT / "checkpoints" / "simclr_cnn.pt")
     parser.add_argument("--resume", action="store_true", help="continue from --out")
+    parser.add_argument("--whiten", type=int, default=64, metavar="D",
+                        help="after training, fit a D-d whitened retrieval layer on the train images (0: keep pooling)")
+    parser.add_argument("--whiten-only", action="store_true", help="do not train: refit the whitening of the finished checkpoint --out")
     args = parser.parse_args(argv)
-
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed, limit=args.limit,
-        encoder_args={**defaults.encoder_args, "width": args.width},
-    )
-    images, _ = load_fashion_mnist("train")
-    encoder, history = train_simclr(cfg, images, out=args.out, resume=args.resume, monitor=load_sample())
     command = "python -m visual_search.train " + " ".join(argv if argv is not None else sys.argv[1:])
-    finalize_checkpoint(encoder, args.out, cfg, history, command)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); kNN P@1 on the sample: {history[-1].get('knn_p_at_1')}")
+    images, _ = load_fashion_mnist("train")
+    if args.whiten_only:
+        if args.whiten < 1:
+            raise TrainError(f"--whiten-only needs --whiten D >= 1, got {args.whiten}")
+        checkpoint = load_checkpoint(args.out)
+        extra = checkpoint.extra
+        if "config" not in extra or "history" not in extra:
+            raise TrainError(f"{args.out}: not a finished checkpoint (no config and history); train it first")
+        cfg = TrainConfig(**extra["config"])
+        encoder, history = checkpoint.encoder, extra["history"]
+        command = extra["command"].split(" --whiten")[0] + f" --whiten {args.whiten}"  # what reproduces the file in one run
+    else:
+        cfg = TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed, limit=args.limit,
+            encoder_args={**defaults.encoder_args, "width": args.width},
+        )
+        encoder, history = train_simclr(cfg, images, out=args.out, resume=args.resume, monitor=load_sample())
+    whitening = None
+    if args.whiten:
+        t0 = time.perf_counter()
+        fit_whitening(encoder, images, dim=args.whiten)
+        whitening = {"dim": args.whiten, "fitted_on": f"the {len(images):,} train images, no labels", "seconds": time.perf_counter() - t0,
+                     "knn_p_at_1_pooled": knn_precision_at_1(encoder, load_sample(), layer="pooled"),
+                     "knn_p_at_1_whitened": knn_precision_at_1(encoder, load_sample(), layer="whitened")}
+    finalize_checkpoint(encoder, args.out, cfg, history, command, whitening)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); kNN P@1 on the sample: {history[-1].get('knn_p_at_1')}"
+          + (f", {whitening['knn_p_at_1_whitened']:.3f} whitened" if whitening else ""))
 
 
 if __name__ == "__main__":
