@@ -82,7 +82,7 @@ bench: data
 	$(PY) -m visual_search.bench
 
 train: data
-	$(PY) -m visual_search.train --epochs 50 --out checkpoints/simclr_cnn.pt
+	$(PY) -m visual_search.train --epochs 50 --out checkpoints/simclr_cnn.pt --whiten 64
 
 datasets: data
 	$(PY) datasets/build_datasets.py
