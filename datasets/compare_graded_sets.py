@@ -25,9 +25,13 @@ from visual_search.index.exact import exact_search
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The layer the rebuild was scored at: the checkpoint's retrieval layer then (it searches with "whitened" since).
+LAYER = "pooled"
+
+
 def score(ev: evalset.GradedEvalSet, encoder: models.Encoder) -> dict[str, dict[str, float]]:
-    """``{ranker: metrics}`` for raw pixels and the checkpoint on ``ev``."""
-    q, g = embed(encoder, ev.query_images, progress=False), embed(encoder, ev.gallery_images, progress=False)
+    """``{ranker: metrics}`` for raw pixels and the checkpoint (at ``LAYER``) on ``ev``."""
+    q, g = embed(encoder, ev.query_images, progress=False, layer=LAYER), embed(encoder, ev.gallery_images, progress=False, layer=LAYER)
     rankings = {"raw pixels": evalset.rank_raw_pixels(ev, 100), "SimCLR checkpoint": exact_search(q, g, 100, metric="ip")[1]}
     copy_id = np.argmax(ev.grades == evalset.GRADE_COPY, axis=1)
     return {
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         "+ ColorJitter(brightness 0.3, contrast 0.3), torch seed 0: a subset of SimCLR's training augmentations",
         "new_rule": f"grade-5 copy = evalset.unseen_edits(query_images, seed=0): a random composition of {list(evalset.UNSEEN_EDITS)}, "
         "none of them a training augmentation",
-        "encoder": f"models.load_pretrained() ({encoder.name}, layer {encoder.retrieval_layer})",
+        "encoder": f"models.load_pretrained() ({encoder.name}, layer {LAYER})",
         "old": score(evalset.load_graded_eval(args.old), encoder),
         "new": score(evalset.load_graded_eval(args.new), encoder),
     }

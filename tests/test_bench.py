@@ -68,7 +68,7 @@ def test_encoder_bench_runs_every_row_in_fast_mode(out_dirs):
     out = bench.encoders.run(seed=0)
     _check_outputs(out, results, figures, "bench_encoders")
     rows = out["metrics"]
-    assert list(rows) == list(bench.encoders.ROWS) and len(rows) == 9
+    assert list(rows) == list(bench.encoders.ROWS) and len(rows) == 10
     for row in rows.values():
         assert all(0 <= row[m] <= 1 for m in ("P@1", "P@10", "MRR", "mAP@100", "linear probe", "graded mAP@100", "graded nDCG@10")) and row["images/s"] > 0
     assert rows["self-supervised CNN (committed)"]["P@1"] > rows["random-init CNN"]["P@1"]

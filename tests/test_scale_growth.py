@@ -99,7 +99,8 @@ def test_real_like_vectors_are_unit_embeddings_reproducible_by_seed(sample):
     assert a[0].shape == (500, 64) and a[1].shape == (20, 64) and a[0].dtype == np.float32
     assert np.allclose(np.linalg.norm(a[0], axis=1), 1, atol=1e-4)
     assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
-    # augmented copies of the same 300 images: each base vector has a close neighbour among the others
+    # augmented copies of the same 300 images: each base vector's nearest other is far closer than a typical pair
     sims = a[0] @ a[0].T
     np.fill_diagonal(sims, -1)
-    assert np.median(sims.max(axis=1)) > 0.9
+    typical = np.median(sims[~np.eye(len(sims), dtype=bool)])
+    assert np.median(sims.max(axis=1)) > typical + 0.4, (np.median(sims.max(axis=1)), typical)

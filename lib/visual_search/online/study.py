@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visual_search.data import load_fashion_mnist, load_sample
-from visual_search.embed import embed
+from visual_search.embed import embed, fit_whitening
 from visual_search.errors import OnlineError
 from visual_search.evalset import GradedEvalSet, evaluate_rankings, load_graded_eval
 from visual_search.index import exact_search
@@ -101,15 +101,18 @@ def study_data(fast: bool) -> StudyData:
 def rankers(gallery: Gallery, fast: bool, seed: int = 0, progress: bool = True) -> dict[str, Encoder]:
     """The encoders compared before any click arrives: raw pixels, a random CNN, SimCLR, supervised.
 
-    The random and supervised CNNs have the committed SimCLR CNN's architecture; the
+    The random and supervised CNNs have the committed SimCLR CNN's architecture and
+    retrieval layer (a whitened one gets its whitening fitted on the gallery); the
     supervised one is trained on the gallery's labels for ``sizes(fast)["supervised_epochs"]``.
     """
     simclr = load_pretrained()
     settings = {k: v for k, v in simclr.config.items() if k != "seed"}
     supervised = train_supervised(build_encoder(simclr.name, seed=seed, **settings), gallery.images, gallery.labels,
                                   epochs=sizes(fast)["supervised_epochs"], seed=seed, progress=progress)
-    return {"raw pixels": raw_pixel_encoder(), "random CNN": build_encoder(simclr.name, seed=seed, **settings),
-            "SimCLR": simclr, "supervised": supervised}
+    random_cnn = build_encoder(simclr.name, seed=seed, **settings)
+    if random_cnn.whitening is not None:  # the committed model's layer, fitted on the same gallery (no labels)
+        fit_whitening(random_cnn, gallery.images, dim=random_cnn.config["whitening_dim"])
+    return {"raw pixels": raw_pixel_encoder(), "random CNN": random_cnn, "SimCLR": simclr, "supervised": supervised}
 
 
 def offline_scores(encoder: Encoder, evalset: GradedEvalSet) -> dict[str, float]:
