@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -292,3 +293,28 @@ def test_training_a_whitened_encoder_refits_its_whitening(sample):
     cfg = TrainConfig(**{**TINY, "encoder_args": {**TINY["encoder_args"], "whitening_dim": 16, "retrieval_layer": "whitened"}})
     trained, _ = train_simclr(cfg, sample.gallery_images, progress=False, monitor=sample)  # monitored at "pooled" until the fit
     assert trained.retrieval_layer == "whitened" and int(trained.whitening.n_fitted) == 256  # cfg.limit images
+
+
+def test_whiten_only_refits_a_finished_checkpoint_and_records_it(sample, tmp_path, monkeypatch):
+    """``python -m visual_search.train --whiten D --whiten-only``: what made the committed file from its trained weights."""
+    from visual_search import train as train_module
+
+    cfg = TrainConfig(**TINY)
+    trained, history = train_simclr(cfg, sample.gallery_images, progress=False, monitor=sample)
+    path = tmp_path / "finished.pt"
+    finalize_checkpoint(trained, path, cfg, history, "python -m visual_search.train --epochs 2")
+    # The CLI reads the train split; here the sample's gallery stands in for it (the code under test is the CLI's).
+    monkeypatch.setattr(train_module, "load_fashion_mnist", lambda split: (sample.gallery_images, sample.gallery_labels))
+    monkeypatch.setattr(train_module, "load_sample", lambda: sample)
+    train_module.main(["--whiten", "16", "--whiten-only", "--out", str(path)])
+    loaded, extra = models.load_encoder(path)
+    assert loaded.retrieval_layer == "whitened" and int(loaded.whitening.n_fitted) == len(sample.gallery_images)
+    assert extra["command"] == "python -m visual_search.train --epochs 2 --whiten 16" and extra["whitening"]["dim"] == 16
+    assert extra["history"] == history and json.loads(path.with_suffix(".json").read_text()) == extra
+    for key, value in trained.backbone.state_dict().items():  # the weights are untouched, only the layer is added
+        torch.testing.assert_close(loaded.backbone.state_dict()[key], value)
+    with pytest.raises(TrainError, match="--whiten-only needs --whiten D >= 1"):
+        train_module.main(["--whiten", "0", "--whiten-only", "--out", str(path)])
+    models.save_encoder(trained, tmp_path / "bare.pt")
+    with pytest.raises(TrainError, match="not a finished checkpoint"):
+        train_module.main(["--whiten-only", "--out", str(tmp_path / "bare.pt")])

@@ -562,7 +562,7 @@ def finalize_checkpoint(encoder: Encoder, path: str | Path, cfg: TrainConfig, hi
                         whitening: dict[str, Any] | None = None) -> None:
     """Rewrite a checkpoint without optimiser state (small enough to commit) but with its provenance.
 
-    ``whitening`` records how the "whitened" layer was fitted (dim, images, seconds, command), if it was.
+    ``whitening`` records how the "whitened" layer was fitted (dim, images, seconds, kNN before and after), if it was.
     """
     extra = {
         "trained_with": f"{TRAINED_WITH[cfg.method]} on the Fashion-MNIST train split, no labels",
