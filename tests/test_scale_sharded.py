@@ -617,6 +617,23 @@ def test_ray_killed_shard_restarts_and_reloads_its_file(ray_exact, data):
     assert ray_exact.shard_sizes(from_shards=True) == sizes
 
 
+def test_ray_killed_shard_with_a_slow_reload_is_always_seen_as_partial(ray_exact, data):
+    """A restart can beat a deadline when the shard file is tiny; reload_delay_s holds the reload, as a big file would."""
+    _, q = data
+    victim = 1
+    before = ray_exact.search(q, K)[1]
+    ray_exact.kill_shard(victim, reload_delay_s=2.0)
+    hold = sharded._reload_hold_path(ray_exact._shard_path(victim))
+    result = ray_exact.search_with_info(q, K, deadline_s=0.5)
+    assert result.partial and result.missing_shards == [victim]
+    assert not np.isin(result.I, ray_exact._shard_ids[victim]).any()
+    waited = ray_exact.wait_until_complete(timeout_s=60)
+    assert waited >= 1.0 and not hold.exists()  # the restarted actor waited, then consumed the marker
+    assert (ray_exact.search(q, K)[1] == before).all()  # reloaded from its file, the same answers
+    with pytest.raises(ScaleError, match="reload_delay_s"):
+        ray_exact.kill_shard(victim, reload_delay_s=-1.0)
+
+
 def test_ray_ivf_equals_unsharded_forwards_params_and_close_stops_actors(ray_local, data):
     x, q = data
     reference = _unsharded("ivf", {"nlist": 32, "nprobe": 4}, x)

@@ -79,7 +79,7 @@ def killed_shard(x: np.ndarray, q: np.ndarray, deadline_s: float, n_shards: int 
         index.search(q, 10)  # warm-up, no deadline: an actor's first search pays for its imports
         before = index.search_with_info(q, 10, deadline_s=deadline_s)
         victim = 1 % n_shards
-        index.kill_shard(victim)
+        index.kill_shard(victim, reload_delay_s=3 * deadline_s)  # a large shard's slow reload: the outage is seen
         during = index.search_with_info(q, 10, deadline_s=deadline_s)
         recovered_s = index.wait_until_complete(timeout_s=60)
         after = index.search_with_info(q, 10, deadline_s=None)
@@ -88,7 +88,7 @@ def killed_shard(x: np.ndarray, q: np.ndarray, deadline_s: float, n_shards: int 
         "before": {"partial": before.partial, "elapsed_ms": before.elapsed_ms, "equal_to_unsharded": float(np.mean(np.all(before.I == reference, axis=1)))},
         "during": {"partial": during.partial, "missing_shards": during.missing_shards, "elapsed_ms": during.elapsed_ms,
                    "within_deadline": during.elapsed_ms <= 1000 * deadline_s * 1.05 + 20},
-        "restart_and_reload_s": recovered_s,
+        "restart_and_reload_s": recovered_s, "reload_hold_s": 3 * deadline_s,
         "after": {"partial": after.partial, "equal_to_unsharded": float(np.mean(np.all(after.I == reference, axis=1)))},
     }
 

@@ -173,6 +173,11 @@ class ShardedResult:
 
 
 # ------------------------------------------------------------------------------------- the Ray actor
+def _reload_hold_path(path: Path) -> Path:
+    """The marker ``kill_shard(reload_delay_s=...)`` leaves beside a shard file: its restart waits that long."""
+    return path.with_name(path.name + ".reload-hold")
+
+
 class _ShardActor:
     """One shard on Ray: an index loaded from ``path``, rewritten there (atomically) after every write.
 
@@ -185,6 +190,11 @@ class _ShardActor:
     def __init__(self, path: str, shard: int) -> None:
         self.path = Path(path)
         self.shard = shard
+        hold = _reload_hold_path(self.path)
+        if hold.exists():  # left by kill_shard(reload_delay_s=...): reload as slowly as a large shard file would
+            seconds = float(hold.read_text())
+            hold.unlink(missing_ok=True)
+            time.sleep(seconds)
         self.index: BaseIndex = load_index(self.path)
         self.started = time.time()
         self.delay_s = 0.0
@@ -845,14 +855,20 @@ class ShardedIndex:
         return answers, shard_ms, errors
 
     # ------------------------------------------------------------------------------ fault injection
-    def kill_shard(self, i: int) -> None:
+    def kill_shard(self, i: int, reload_delay_s: float = 0.0) -> None:
         """(ray) Kill shard ``i``'s actor, as a crash would: Ray restarts it, and it reloads its file.
 
         Searches meanwhile miss that shard (partial answers within their deadline); once the
-        actor is back they are complete again.
+        actor is back they are complete again. A course-sized shard reloads in milliseconds,
+        so a restart can beat the next search's deadline and the outage is never seen;
+        ``reload_delay_s`` makes the restarted actor wait that long before it reloads, as a
+        shard of billions of vectors would, so the partial answer is observed for sure.
         """
         self._need_ray("kill_shard")
         i = check_int(i, "shard", low=0, high=self.n_shards - 1, error=ScaleError)
+        reload_delay_s = check_real(reload_delay_s, "reload_delay_s", low=0.0, high=3600.0, error=ScaleError)
+        if reload_delay_s:
+            _reload_hold_path(self._shard_path(i)).write_text(repr(reload_delay_s))
         ray = self._ray
         # The actor exits itself, and the call returns only once Ray has seen it die. ``ray.kill``
         # alone is asynchronous: a search sent right after it can still reach the live process.
