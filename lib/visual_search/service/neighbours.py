@@ -55,9 +55,10 @@ EXACT_SPEC = IndexSpec("exact")
 #: measured fastest at one-query p50 latency with recall@10 >= 0.95 on one thread, among the kinds
 #: that support ``remove`` (uploads and deletes must be visible at once, so a static structure that
 #: rebuilds on every write is out). ``tests/test_service.py`` checks it against results/bench_serve.json,
-#: up to the benchmark's noise: the top three (IVF256 nprobe 4 and 8, IVF1024 nprobe 8) are within hundredths of
-#: a millisecond of each other and trade places between runs, so the test accepts a p50 within 25% of the fastest.
-DEFAULT_SPEC = IndexSpec("faiss", {"factory": "IVF256,Flat"}, {"nprobe": 4}, min_train=10_000)
+#: up to the benchmark's noise: the candidates are within hundredths of a millisecond of each other and trade
+#: places between runs, so the test accepts a p50 within 25% of the fastest. The whitened checkpoint spreads its
+#: vectors more evenly than the pooled one did, so IVF256 needs nprobe 16 for recall 0.956 (nprobe 4: 0.845).
+DEFAULT_SPEC = IndexSpec("faiss", {"factory": "IVF256,Flat"}, {"nprobe": 16}, min_train=10_000)
 
 
 def overfetch(k: int, n: int) -> int:
