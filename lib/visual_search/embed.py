@@ -102,6 +102,17 @@ def conv_maps(encoder: Encoder, images: np.ndarray, batch_size: int = 256, progr
     return _in_batches(encoder, images, batch_size, encoder.feature_map, progress, "conv map of")
 
 
+def refit_whitening(encoder: Encoder, images: np.ndarray) -> Encoder:
+    """Refit a whitened encoder's whitening on ``images`` at its own size (a no-op for an encoder without one).
+
+    For any encoder whose weights changed (training) or were never fitted (a fresh build from a
+    whitened config): the conv map moved, so the old fit, or none, no longer describes it.
+    """
+    if encoder.whitening is not None:
+        fit_whitening(encoder, images, dim=encoder.config["whitening_dim"])
+    return encoder
+
+
 def fit_whitening(encoder: Encoder, images: np.ndarray, dim: int = 64, batch_size: int = 256, progress: bool | None = None) -> Encoder:
     """Fit a CNN's "whitened" retrieval layer on unlabelled images, in place, and make it the retrieval layer.
 

@@ -46,7 +46,7 @@ from visual_search import config
 from visual_search._checks import check_int, check_real, check_seed
 from visual_search.contrastive import augment_batch, moco_infonce, nt_xent
 from visual_search.data import Sample, load_fashion_mnist, load_sample
-from visual_search.embed import fit_whitening
+from visual_search.embed import fit_whitening, refit_whitening
 from visual_search.errors import TrainError  # noqa: F401  (re-exported: raised here, importable from here)
 from visual_search.models import Encoder, ModelError, build_encoder, load_checkpoint, save_encoder
 from visual_search.preprocess import preprocess_batch
@@ -503,9 +503,7 @@ def train_supervised(
 
 def _refit_whitening(encoder: Encoder, images: np.ndarray) -> Encoder:
     """Training changed the conv map, so a whitened encoder's whitening is refitted on the training images."""
-    if encoder.whitening is not None:
-        fit_whitening(encoder, images, dim=encoder.config["whitening_dim"])
-    return encoder.eval()
+    return refit_whitening(encoder, images).eval()
 
 
 def finetune_on_pairs(

@@ -110,7 +110,7 @@ def run(seed: int = 0) -> dict:
     """Compare the encoders (``ROWS``) on retrieval and throughput; write the JSON and the figure. Returns the JSON."""
     from visual_search.contrastive import positives_from_clicks, simulate_click_log
     from visual_search.data import load_fashion_mnist, load_sample
-    from visual_search.embed import embed, fit_whitening
+    from visual_search.embed import embed, refit_whitening
     from visual_search.models import build_encoder, load_pretrained
     from visual_search.train import TrainConfig, finetune_on_pairs, train_contrastive, train_supervised
 
@@ -158,9 +158,7 @@ def run(seed: int = 0) -> dict:
     with timed("self-supervised ViT"):
         vit, vit_history = train_contrastive(vit_cfg, gallery, progress=not fast)
 
-    random_cnn = build_encoder(simclr.name, seed=seed, **settings)
-    if random_cnn.whitening is not None:  # the same layer as the committed model, fitted on the same gallery
-        fit_whitening(random_cnn, gallery, dim=random_cnn.config["whitening_dim"])
+    random_cnn = refit_whitening(build_encoder(simclr.name, seed=seed, **settings), gallery)  # the committed model's layer, same gallery
     embed_fns = dict(zip(ROWS, (
         raw_pixel_embeddings,
         lambda x: embed(random_cnn, x),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visual_search.data import load_fashion_mnist, load_sample
-from visual_search.embed import embed, fit_whitening
+from visual_search.embed import embed, refit_whitening
 from visual_search.errors import OnlineError
 from visual_search.evalset import GradedEvalSet, evaluate_rankings, load_graded_eval
 from visual_search.index import exact_search
@@ -109,9 +109,7 @@ def rankers(gallery: Gallery, fast: bool, seed: int = 0, progress: bool = True) 
     settings = {k: v for k, v in simclr.config.items() if k != "seed"}
     supervised = train_supervised(build_encoder(simclr.name, seed=seed, **settings), gallery.images, gallery.labels,
                                   epochs=sizes(fast)["supervised_epochs"], seed=seed, progress=progress)
-    random_cnn = build_encoder(simclr.name, seed=seed, **settings)
-    if random_cnn.whitening is not None:  # the committed model's layer, fitted on the same gallery (no labels)
-        fit_whitening(random_cnn, gallery.images, dim=random_cnn.config["whitening_dim"])
+    random_cnn = refit_whitening(build_encoder(simclr.name, seed=seed, **settings), gallery.images)  # the committed model's layer, same gallery
     return {"raw pixels": raw_pixel_encoder(), "random CNN": random_cnn, "SimCLR": simclr, "supervised": supervised}
 
 
