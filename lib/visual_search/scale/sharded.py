@@ -994,6 +994,17 @@ class ShardedIndex:
                 self._ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone, or Ray already shut down
                 pass
+        # ``ray.kill`` is asynchronous: a call sent just after it can still reach the live
+        # process. Return only once Ray reports every actor dead (bounded: 30 s in all), so
+        # that "closed" means the shards' memory is free.
+        t_end = time.monotonic() + 30.0
+        for actor in self._actors:
+            while time.monotonic() < t_end:
+                try:
+                    self._ray.get(actor.info.remote(), timeout=max(0.1, t_end - time.monotonic()))
+                except Exception:  # noqa: BLE001 - RayActorError (dead), or Ray already shut down
+                    break
+                time.sleep(0.05)
         self._actors = []
         if self._own_dir:
             shutil.rmtree(self.shard_dir, ignore_errors=True)
