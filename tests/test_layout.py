@@ -1,7 +1,8 @@
 """The package's shape: one error family, and an import graph that runs one way.
 
 Data flows data -> preprocess -> models -> embed -> augment/clicks/contrastive -> train
--> index -> evalset; leaves (errors, config, checks, metrics, timing, viz) may be used
+-> index -> evalset -> service -> online/scale -> exercises (the checks compare answers with
+any module below); leaves (errors, config, checks, metrics, timing, viz) may be used
 anywhere; ``bench`` sits on top, and nothing imports it, notebooks included.
 """
 
@@ -35,6 +36,7 @@ LAYERS = [
     {"evalset"},
     {"service"},
     {"online", "scale"},
+    {"exercises"},
     {"notebook_runner"},
     {"bench"},
 ]

@@ -120,3 +120,22 @@ def plot_kdtree_dimensions(rows: list[dict]):
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
+
+
+def show_markdown(text: str) -> str:
+    """Show ``text`` as Markdown in a notebook (plain text elsewhere) and return it.
+
+    The course's prose quotes numbers from results through this helper, so a sentence such as
+    ``show_markdown(f"P@1 rises to {p1:.3f}")`` can never drift from the run that printed it.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython ships with the course's stack
+        print(text)
+        return text
+    if get_ipython() is None:
+        print(text)
+    else:
+        display(Markdown(text))
+    return text
