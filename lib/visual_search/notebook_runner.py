@@ -5,7 +5,11 @@
 
 Executed copies go to the git-ignored ``build/notebooks-<mode>/``; the committed
 notebooks stay without outputs. The run-time table is printed and saved as
-``build/notebooks-<mode>/runtimes.json``.
+``build/notebooks-<mode>/runtimes.json``, and each chapter's time (with the machine's
+load while it ran) is merged into the committed ``results/notebook_runtimes.json``,
+which the chapter headers (:func:`runtime_line`) and README's table
+(:func:`runtime_table`, between ``<!-- runtimes:start -->`` and ``<!-- runtimes:end -->``)
+read. A time measured while the cores were busy is marked so, as it overstates the idle time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,91 @@ from pathlib import Path
 from visual_search.config import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RUNTIMES = REPO_ROOT / "results" / "notebook_runtimes.json"
+README_START, README_END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
+#: A run whose 1-minute load average per core stayed below this counts as measured on an idle machine.
+IDLE_LOAD_PER_CORE = 0.75
+
+
+def load_runtimes(path: str | Path | None = None) -> dict:
+    """``results/notebook_runtimes.json`` as a dict (``{"chapters": {}}`` when it does not exist yet)."""
+    path = Path(path) if path is not None else RUNTIMES
+    if not path.exists():
+        return {"chapters": {}}
+    return json.loads(path.read_text())
+
+
+def record_runtime(name: str, mode: str, seconds: float, load_per_core: float, path: str | Path | None = None) -> None:
+    """Merge one chapter's measured time into the run-times JSON (atomically), keeping the other mode's entry."""
+    path = Path(path) if path is not None else RUNTIMES
+    data = load_runtimes(path)
+    entry = data.setdefault("chapters", {}).setdefault(name, {})
+    entry[mode] = {"seconds": round(float(seconds), 1), "load_per_core": round(float(load_per_core), 2),
+                   "idle": bool(load_per_core < IDLE_LOAD_PER_CORE), "date": time.strftime("%Y-%m-%d"),
+                   "cores": os.cpu_count(), "source": "python -m visual_search.notebook_runner --mode " + mode}
+    data["note"] = ("Wall-clock seconds per chapter, written by the notebook runner (make course = full mode). "
+                    f"'idle' means the 1-minute load average per core stayed below {IDLE_LOAD_PER_CORE} while it ran.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+
+
+def runtime_line(chapter: str, path: str | Path | None = None) -> str:
+    """The measured run time of the chapter whose file name starts with ``chapter`` ("05"), as one sentence.
+
+    Chapter headers print it with ``viz.show_markdown(runtime_line("05"))``, so the header
+    cannot drift from the last ``make course``.
+    """
+    chapters = load_runtimes(path).get("chapters", {})
+    name = next((n for n in sorted(chapters) if n.startswith(chapter)), None)
+    if name is None:
+        return f"*Run time of chapter {chapter}: not measured yet (`make course` measures it).*"
+    parts = []
+    for mode in ("full", "fast"):
+        e = chapters[name].get(mode)
+        if e:
+            busy = "" if e.get("idle") else f", on a busy machine (load {e['load_per_core']:.1f} per core)"
+            parts.append(f"{mode} mode {_fmt_seconds(e['seconds'])}{busy}")
+    return (f"*Measured run time ({chapters[name].get('full', chapters[name].get('fast', {})).get('cores', 2)}-core CPU, no GPU): "
+            + ", ".join(parts) + " (`results/notebook_runtimes.json`, written by the notebook runner).*")
+
+
+def runtime_table(path: str | Path | None = None) -> str:
+    """README's table of chapter run times, from the run-times JSON."""
+    chapters = load_runtimes(path).get("chapters", {})
+    rows = ["| chapter | full mode | fast mode |", "|---|---|---|"]
+    total = {"full": 0.0, "fast": 0.0}
+    for name in sorted(chapters):
+        cells = []
+        for mode in ("full", "fast"):
+            e = chapters[name].get(mode)
+            if e:
+                total[mode] += e["seconds"]
+                cells.append(_fmt_seconds(e["seconds"]) + ("" if e.get("idle") else " (busy machine)"))
+            else:
+                cells.append("not measured")
+        rows.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
+    rows.append(f"| **all chapters** | {_fmt_seconds(total['full'])} | {_fmt_seconds(total['fast'])} |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: str | Path | None = None, path: str | Path | None = None) -> bool:
+    """Rewrite README's run-time table from the JSON. Returns whether README changed."""
+    readme = Path(readme) if readme is not None else REPO_ROOT / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{runtime_table(path)}\n{README_END}{tail}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
 
 
 @contextmanager
@@ -97,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("full", "fast"), default="full")
     parser.add_argument("selectors", nargs="*", help="notebook name prefixes, e.g. 01 07 (default: all)")
+    parser.add_argument("--no-record", dest="record", action="store_false",
+                        help="do not write the times to results/notebook_runtimes.json and README")
     args = parser.parse_args(argv)
 
     out_dir = REPO_ROOT / "build" / f"notebooks-{args.mode}"
@@ -108,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(f"running {path.name} ({args.mode} mode) ...", flush=True)
         try:
-            rows.append((path.name, run_notebook(path, fast=args.mode == "fast", out_dir=out_dir), "ok"))
+            seconds = run_notebook(path, fast=args.mode == "fast", out_dir=out_dir)
+            rows.append((path.name, seconds, "ok"))
+            if args.record:
+                record_runtime(path.stem, args.mode, seconds, os.getloadavg()[0] / (os.cpu_count() or 1))
         except Exception as e:  # report every notebook, then fail
             rows.append((path.name, None, f"FAILED: {type(e).__name__}"))
             print(str(e)[-3000:], file=sys.stderr)
@@ -120,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'total':<{width}}  {total:>8.1f}")
     (out_dir / "runtimes.json").parent.mkdir(parents=True, exist_ok=True)
     (out_dir / "runtimes.json").write_text(json.dumps({"mode": args.mode, "seconds": {n: s for n, s, _ in rows}}, indent=2) + "\n")
+    if args.record and update_readme():
+        print("README.md: run-time table updated from results/notebook_runtimes.json")
     return 0 if all(status == "ok" for _, _, status in rows) else 1
 
 
