@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data browser course test lint bench train datasets lab lock clean serve
+.PHONY: help install data browser course test lint bench train datasets lab lock clean serve wheelhouse
 
 help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make data      fetch Fashion-MNIST (Debian package when root, else torchvision's download)"
 	@echo "make datasets  rebuild the committed sample and graded evaluation set from the real data"
+	@echo "make wheelhouse  download every pinned wheel and the data once into wheelhouse/, for a room with no network"
 
 install: $(STAMP)
 
@@ -34,13 +35,30 @@ $(STAMP): requirements.lock pyproject.toml
 		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 			echo "Could not create $(VENV) with $(PYTHON). On Debian/Ubuntu: sudo apt-get install python3-venv"; exit 1; }; \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_OFFLINE) -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_OFFLINE) --no-deps -e .
 	@touch $(STAMP)
+
+# A classroom with no network: on a machine that has one, `make wheelhouse` downloads every
+# pinned wheel (and the build backend) plus the four Fashion-MNIST files into $(WHEELHOUSE)/.
+# Copy the repository with that folder to each laptop: when it exists, `make install` (and so
+# `make course` and `make test`) installs from it with --no-index, and `make data` copies the
+# data from it, so nothing is fetched from the network.
+WHEELHOUSE ?= wheelhouse
+PIP_OFFLINE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
+wheelhouse: $(STAMP)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -r requirements.lock -d $(WHEELHOUSE)
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) "setuptools>=64" wheel
+	$(MAKE) --no-print-directory data
+	$(PY) -m visual_search.data --copy-to $(WHEELHOUSE)/fashion-mnist
+	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1) in all; copy it beside the repository"
 
 # Debian's package when we can install it (root + apt-get); otherwise the
 # library's own search order ends in torchvision's download.
 data: $(STAMP)
+	@if [ -d $(WHEELHOUSE)/fashion-mnist ] && [ -z "$$VISUAL_SEARCH_DATA" ]; then \
+		mkdir -p .cache/fashion-mnist && cp -n $(WHEELHOUSE)/fashion-mnist/* .cache/fashion-mnist/; \
+	fi
 	@if [ ! -d $(DEBIAN_DATA) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "Installing Debian's dataset-fashion-mnist ..."; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \

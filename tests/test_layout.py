@@ -37,7 +37,7 @@ LAYERS = [
     {"service"},
     {"online", "scale"},
     {"exercises"},
-    {"notebook_runner"},
+    {"notebook_runner", "course_docs"},
     {"bench"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}

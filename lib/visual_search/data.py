@@ -418,11 +418,43 @@ def load_sample(path: str | Path = SAMPLE_PATH) -> Sample:
         raise DataError(f"{path}: cannot load the sample ({e}); rebuild it with `python datasets/build_datasets.py`") from e
 
 
-def main() -> None:
-    """``python -m visual_search.data``: find (or download) and verify both splits."""
+def copy_data(destination: str | Path) -> Path:
+    """Copy the four verified Fashion-MNIST files into ``destination`` (for an offline classroom).
+
+    ``make wheelhouse`` puts them beside the wheels; ``make data`` on a laptop copies them
+    back into the cache, where ``load_fashion_mnist`` finds them with no network.
+
+    Returns:
+        The destination folder.
+
+    Raises:
+        DataError: the data cannot be found (or downloaded), or a file fails its checksum.
+    """
+    import shutil
+
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for split, names in SPLIT_FILES.items():
+        load_fashion_mnist(split)  # verifies both files' checksums before anything is copied
+        source = find_data_dir(split)
+        for name in names:
+            path = _find_file(source, name)
+            shutil.copyfile(path, destination / path.name)
+    return destination
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m visual_search.data [--copy-to DIR]``: find (or download) and verify both splits."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Find (or download) Fashion-MNIST and verify its checksums.")
+    parser.add_argument("--copy-to", metavar="DIR", help="also copy the four verified files into DIR (make wheelhouse)")
+    args = parser.parse_args(argv)
     for split in SPLIT_FILES:
         images, labels = load_fashion_mnist(split)
         print(f"Fashion-MNIST {split:5s}: {images.shape} {images.dtype}, labels {labels.shape}, checksums OK, from {find_data_dir(split)}")
+    if args.copy_to:
+        print(f"copied the four files to {copy_data(args.copy_to)}")
 
 
 if __name__ == "__main__":

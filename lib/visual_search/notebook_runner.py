@@ -144,6 +144,7 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
     """
     import nbformat
     from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
 
     path = Path(path)
@@ -163,10 +164,19 @@ def run_notebook(path: str | Path, fast: bool, out_dir: str | Path | None = None
             with _environment(**env):
                 # shutdown_kernel="immediate": the outputs are complete once the last cell has run, so the
                 # kernel is stopped at once instead of waiting ~1 s per notebook for a graceful exit.
+                # IPC transport (Unix sockets in the private temporary folder) instead of TCP on loopback:
+                # nothing else on the machine can reach the kernel, and ipykernel's "running over TCP
+                # without encryption" warning does not fire.
+                km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(jupyter_path, "kernel-ipc"))
                 client = NotebookClient(
-                    nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate", resources={"metadata": {"path": str(path.parent)}}
+                    nb, km=km, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate",
+                    resources={"metadata": {"path": str(path.parent)}},
                 )
-                client.execute()
+                try:
+                    client.execute()
+                finally:  # a client given its own km leaves the kernel running: stop it here
+                    if km.has_kernel:
+                        km.shutdown_kernel(now=True)
         finally:  # keep the executed copy, failed cells included, for debugging
             if out_dir is not None:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
