@@ -49,6 +49,11 @@ PIP_OFFLINE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WH
 wheelhouse: $(STAMP)
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -r requirements.lock -d $(WHEELHOUSE)
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) "setuptools>=64" wheel
+	@# A package published only as source (annoy) is built into a wheel here, where its build
+	@# dependencies can still be fetched; the laptops then install it with no compiler or network.
+	@# So build the wheelhouse on the laptops' OS, CPU architecture and Python version.
+	@for sdist in $(WHEELHOUSE)/*.tar.gz; do [ -e "$$sdist" ] || continue; \
+		$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(WHEELHOUSE) "$$sdist" && rm "$$sdist"; done
 	$(MAKE) --no-print-directory data
 	$(PY) -m visual_search.data --copy-to $(WHEELHOUSE)/fashion-mnist
 	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1) in all; copy it beside the repository"

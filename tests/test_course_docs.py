@@ -64,3 +64,20 @@ def test_record_runtime_merges_modes_and_marks_a_busy_machine(tmp_path):
     readme.write_text(f"a\n{notebook_runner.README_START}\nold\n{notebook_runner.README_END}\nb\n")
     assert notebook_runner.update_readme(readme, path) and "| `05_x` | 1.7 min (100 s) | 9 s (busy machine) |" in readme.read_text()
     assert not notebook_runner.update_readme(readme, path)
+
+
+def test_the_instructors_guide_exists_and_its_timings_come_from_the_results_json():
+    text = course_docs.GUIDE.read_text()
+    for heading in ("one-day workshop", "half-day workshop", "no network", "failure modes", "pairs"):
+        assert heading in text.lower(), f"docs/instructor_guide.md lacks a section on {heading!r}"
+    assert "make wheelhouse" in text
+    assert text == course_docs.guide_with_timings(text), "the guide's timings are stale: run python -m visual_search.course_docs"
+    for path in find_notebooks():
+        assert f"`{path.stem}`" in text, f"the guide's timing table lacks {path.stem}"
+
+
+def test_make_wheelhouse_downloads_the_lock_builds_sdists_and_install_uses_it_offline():
+    makefile = (config.REPO_ROOT / "Makefile").read_text()
+    target = makefile.split("\nwheelhouse:", 1)[1].split("\n\n", 1)[0]
+    assert "pip download" in target and "-r requirements.lock" in target and "pip wheel" in target and "--copy-to" in target
+    assert "--no-index --find-links $(WHEELHOUSE)" in makefile and "$(PIP_OFFLINE) -r requirements.lock" in makefile

@@ -37,7 +37,8 @@ LAYERS = [
     {"service"},
     {"online", "scale"},
     {"exercises"},
-    {"notebook_runner", "course_docs"},
+    {"notebook_runner"},
+    {"course_docs"},
     {"bench"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -91,6 +92,7 @@ def test_nothing_imports_bench_not_even_a_notebook():
             assert "bench" not in _imports(path), f"visual_search.{name} imports bench"
     for notebook in sorted((config.REPO_ROOT / "notebooks").glob("*.ipynb")):
         code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+        code = re.sub(r"#.*", "", code)  # a comment may name the benchmark that wrote a result
         assert not re.search(r"visual_search(\.| import .*)bench", code), f"{notebook.name} imports bench"
 
 

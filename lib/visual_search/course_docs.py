@@ -1,7 +1,7 @@
 """Documents generated from the notebooks, so they cannot drift from them.
 
-    python -m visual_search.course_docs            # rewrite docs/interview_questions.md
-    python -m visual_search.course_docs --check    # exit 1 if it is out of date (what the test runs)
+    python -m visual_search.course_docs            # rewrite docs/interview_questions.md and the guide's timings
+    python -m visual_search.course_docs --check    # exit 1 if either is out of date (what the test runs)
 
 The interview bank gathers every chapter's "Interview questions" section, question and model
 answer, grouped by the stage of the system design they belong to. Edit the notebooks, then
@@ -17,9 +17,14 @@ import sys
 from pathlib import Path
 
 from visual_search.config import REPO_ROOT
+from visual_search.notebook_runner import load_runtimes
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BANK = REPO_ROOT / "docs" / "interview_questions.md"
+GUIDE = REPO_ROOT / "docs" / "instructor_guide.md"
+TIMINGS_START, TIMINGS_END = "<!-- timings:start -->", "<!-- timings:end -->"
+#: A chapter whose full-mode run takes longer than this is pre-run before a workshop, not run live.
+PRE_RUN_SECONDS = 180
 
 #: The design's stages, in the order an interview walks through them, and the chapters behind each.
 TOPICS: list[tuple[str, tuple[str, ...]]] = [
@@ -82,20 +87,50 @@ def interview_bank(notebooks_dir: str | Path | None = None) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def timings_table(runtimes: dict | None = None) -> str:
+    """The guide's table: each chapter's measured full- and fast-mode run time, and whether to pre-run it."""
+    chapters = (runtimes if runtimes is not None else load_runtimes()).get("chapters", {})
+    rows = ["| chapter | full mode | fast mode | in the room |", "|---|---|---|---|"]
+    for name in sorted(chapters):
+        full, fast = chapters[name].get("full", {}), chapters[name].get("fast", {})
+        f, q = full.get("seconds"), fast.get("seconds")
+        advice = ("pre-run in full mode the day before; run fast mode live" if f is not None and f > PRE_RUN_SECONDS
+                  else "run live in full mode")
+        rows.append(f"| `{name}` | {_minutes(f)} | {_minutes(q)} | {advice} |")
+    return "\n".join(rows)
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def guide_with_timings(text: str, runtimes: dict | None = None) -> str:
+    """``text`` (the guide) with its block between the timing markers regenerated."""
+    if TIMINGS_START not in text or TIMINGS_END not in text:
+        return text
+    head, rest = text.split(TIMINGS_START, 1)
+    _, tail = rest.split(TIMINGS_END, 1)
+    return f"{head}{TIMINGS_START}\n{timings_table(runtimes)}\n{TIMINGS_END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/interview_questions.md is out of date")
     args = parser.parse_args(argv)
-    text = interview_bank()
+    wanted = {BANK: interview_bank()}
+    if GUIDE.exists():
+        wanted[GUIDE] = guide_with_timings(GUIDE.read_text())
+    stale = [p for p, text in wanted.items() if (p.read_text() if p.exists() else "") != text]
     if args.check:
-        current = BANK.read_text() if BANK.exists() else ""
-        if current != text:
-            print(f"{BANK.relative_to(REPO_ROOT)} is out of date: run python -m visual_search.course_docs", file=sys.stderr)
-            return 1
-        return 0
-    BANK.parent.mkdir(parents=True, exist_ok=True)
-    BANK.write_text(text)
-    print(f"wrote {BANK.relative_to(REPO_ROOT)}")
+        for p in stale:
+            print(f"{p.relative_to(REPO_ROOT)} is out of date: run python -m visual_search.course_docs", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(wanted[p])
+        print(f"wrote {p.relative_to(REPO_ROOT)}")
     return 0
 
 
