@@ -125,7 +125,7 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_position_bias(service: VisualSearchService, data: StudyData, model: ClickModel, n_users: int,
-                          swap_rate: float, seed: int = 0, name: str = "randpair") -> dict:
+                          swap_rate: float, seed: int = 0, name: str = "randpair", progress: bool = False) -> dict:
     """Serve the main model with RandPair swaps (rank 1 with rank k) to ``n_users`` and estimate the curve.
 
     Returns a dict with ``true``, ``swap`` (RandPair ratios), ``em`` (EM with one relevance per
@@ -135,7 +135,7 @@ def measure_position_bias(service: VisualSearchService, data: StudyData, model: 
     """
     exp = Experiment(service, name, {"production": None}, swap_rate=swap_rate, swap_depth=N_RANKS, seed=seed)
     summary = run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=n_users, k=N_RANKS,
-                                  seed=seed, user_prefix=f"{name}-")
+                                  seed=seed, user_prefix=f"{name}-", progress=progress and f"{name}: users")
     impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
     rows = swap_rows(impressions, N_RANKS)
     swap = estimate_theta_swap(rows.ranks, rows.clicked, rows.swap, rows.mode, n_ranks=N_RANKS, min_impressions=10)
@@ -257,7 +257,8 @@ def _summary(values: np.ndarray) -> dict:
 
 
 def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arms: Mapping[str, str | None],
-           users_per_arm: int, control: str, seed: int = 0, name: str = "ab", searches_per_user: int = 1) -> dict:
+           users_per_arm: int, control: str, seed: int = 0, name: str = "ab", searches_per_user: int = 1,
+           progress: bool = False) -> dict:
     """A multi-arm A/B test: ``users_per_arm * len(arms)`` users, each hashed to one arm, ``searches_per_user`` searches each.
 
     The user is the unit of randomisation. With one search each, a query is a user, and
@@ -277,7 +278,8 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
         raise OnlineError(f"control {control!r} is not one of the arms {list(arms)}")
     exp = Experiment(service, name, arms, seed=seed)
     run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=users_per_arm * len(arms), k=N_RANKS,
-                        seed=seed, user_prefix=f"{name}-", searches_per_user=searches_per_user)
+                        seed=seed, user_prefix=f"{name}-", searches_per_user=searches_per_user,
+                        progress=progress and f"{name}: users")
     impressions = [i for i in read_impressions(service.catalog) if i.experiment and i.experiment.get("experiment") == name]
     metrics = log_metrics(impressions, by="variant")  # impressions of this experiment only: arm labels may repeat across experiments
     labels = list(arms)
@@ -309,12 +311,12 @@ def run_ab(service: VisualSearchService, data: StudyData, model: ClickModel, arm
 
 def run_interleaving(service: VisualSearchService, data: StudyData, model: ClickModel, arm_a: tuple[str, str | None],
                      arm_b: tuple[str, str | None], n_users: int, seed: int = 0, name: str = "interleave",
-                     searches_per_user: int = 1) -> dict[str, int]:
+                     searches_per_user: int = 1, progress: bool = False) -> dict[str, int]:
     """Team-draft interleave two rankers for ``n_users`` fresh users, ``searches_per_user`` searches each; returns
     ``{"a": wins, "b": wins, "tie": ties}`` per query (``a`` is ``arm_a``), counted from the service's log."""
     exp = Experiment(service, name, dict([arm_a, arm_b]), mode="interleave", seed=seed)
     run_simulated_users(exp, model, data.query_images, data.query_labels, n_users=n_users, k=N_RANKS, seed=seed,
-                        user_prefix=f"{name}-", searches_per_user=searches_per_user)
+                        user_prefix=f"{name}-", searches_per_user=searches_per_user, progress=progress and f"{name}: users")
     outcomes = interleaving_outcomes(read_impressions(service.catalog), experiment=name)
     return {w: outcomes.count(w) for w in ("a", "b", "tie")}
 

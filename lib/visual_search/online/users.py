@@ -309,6 +309,7 @@ def run_simulated_users(
     grades: np.ndarray | None = None,
     label_of: Mapping[int, int] | np.ndarray | None = None,
     user_prefix: str = "sim-",
+    progress: bool | str = False,
 ) -> SimulationSummary:
     """Simulated users search the real service and click what the click model says.
 
@@ -329,6 +330,8 @@ def run_simulated_users(
             gallery ids); row q is used for query q, ids >= G fall back to labels.
         label_of: id -> label (a mapping, or an array indexed by id) for the shown ids. Needed over HTTP;
             in-process the catalog's ``label`` column is read instead when it is None.
+        progress: show a tqdm bar over the users (a string is its label): a wave of thousands of
+            users takes minutes, and a silent cell looks stuck.
 
     Raises:
         OnlineError: bad arguments, HTTP without ``label_of``, or an HTTP error answer (its status and detail).
@@ -382,7 +385,12 @@ def run_simulated_users(
     query_rng, click_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # k does not change the queries
     summary = SimulationSummary()
     try:
-        for u in range(n_users):
+        users = range(n_users)
+        if progress:
+            from tqdm.auto import tqdm
+
+            users = tqdm(users, desc=progress if isinstance(progress, str) else "simulated users", unit="user")
+        for u in users:
             user = f"{user_prefix}{u}"
             user_model = model_of(user)
             summary.users += 1
