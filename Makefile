@@ -12,7 +12,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
-	@echo "make lint      install, then ruff over the library, tests, datasets script and notebooks"
+	@echo "make lint      install, then ruff over the library, tests, datasets script, notebooks and solutions"
 	@echo "make serve     the visual search service on http://127.0.0.1:8000 (full 70k gallery; first start builds it)"
 	@echo "make bench     every benchmark (baseline, ablations, encoders, ann, serve, online, scale) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
@@ -99,7 +99,7 @@ serve: data
 	$(PY) -m visual_search.service serve --host 127.0.0.1 --port 8000 --data-dir $(SERVE_DIR) --gallery full
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lib tests datasets notebooks
+	$(VENV)/bin/ruff check lib tests datasets notebooks solutions
 
 bench: data
 	$(PY) -m visual_search.bench
