@@ -103,6 +103,13 @@ def expect_close(got: Any, expected: Any, case: str, hint: str = "", rtol: float
         _fail(got, expected, case, hint)
 
 
+def expect_pair(got: Any, case: str, names: str = "(D, I)", hint: str = "") -> tuple[Any, Any]:
+    """Fail unless ``got`` is a pair (a 2-tuple or 2-list); return its two parts."""
+    if not (isinstance(got, tuple | list) and len(got) == 2):
+        _fail(got, f"a pair {names}", case, hint or f"return a pair {names}")
+    return got[0], got[1]
+
+
 def _fail(got: Any, expected: Any, case: str, hint: str) -> None:
     message = f"{case}: expected {_short(expected)}, got {_short(got)}."
     raise Mismatch(f"{message} Hint: {hint}" if hint else message)

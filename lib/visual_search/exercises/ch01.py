@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from visual_search import preprocess
-from visual_search.exercises._core import Mismatch, call, checker, expect_close, expect_equal
+from visual_search.exercises._core import Mismatch, call, checker, expect_close, expect_equal, expect_pair
 
 
 def _blobs(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
@@ -122,10 +122,7 @@ def load_all(answer: Callable[[list], tuple], rng: np.random.Generator) -> int:
                 want_failures[reason] = want_failures.get(reason, 0) + 1
         case = f"case {i + 1} ({len(uploads)} uploads, {len(uploads) - len(want_images)} of them bad)"
         got = call(answer, list(uploads), case=case)
-        if not (isinstance(got, tuple | list) and len(got) == 2):
-            expect_equal(got, (f"a list of {len(want_images)} images", want_failures), case,
-                         "return a pair (images, failures)")
-        images, failures = got
+        images, failures = expect_pair(got, case, "(images, failures)")
         try:
             images = list(images)
         except TypeError:

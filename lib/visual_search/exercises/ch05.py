@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from visual_search.exercises._core import call, checker, expect_close, expect_equal
+from visual_search.exercises._core import call, checker, expect_close, expect_equal, expect_pair
 from visual_search.index.exact import exact_search
 from visual_search.index.kmeans import assign
 from visual_search.index.measure import recall_at_k
@@ -14,9 +14,7 @@ from visual_search.index.measure import recall_at_k
 
 def _pair(got, case: str, hint: str) -> tuple:
     """``got`` must be a pair ``(D, I)``; anything else fails with expected/got."""
-    if not (isinstance(got, tuple | list) and len(got) == 2):
-        expect_equal(got, "a pair (D, I)", case, hint)
-    return got
+    return expect_pair(got, case, "(D, I)", hint)
 
 
 @checker

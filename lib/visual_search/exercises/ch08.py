@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from visual_search.exercises._core import Mismatch, _short, call, checker, expect_close, expect_equal
+from visual_search.exercises._core import Mismatch, _short, call, checker, expect_close, expect_equal, expect_pair
 from visual_search.online import interleaving_winner, ips_weights, sample_size, srm_test, team_draft_interleave, two_proportion_test
 
 
@@ -48,8 +48,7 @@ def z_test(answer: Callable[[int, int, int, int], tuple], rng: np.random.Generat
         case = f"case {i + 1} (clicks_a={clicks_a}, n_a={n_a}, clicks_b={clicks_b}, n_b={n_b})"
         want = two_proportion_test(clicks_a, n_a, clicks_b, n_b)
         got = call(answer, clicks_a, n_a, clicks_b, n_b, case=case)
-        if not (isinstance(got, tuple | list) and len(got) == 2):
-            expect_equal(got, (want.z, want.p_value), case, "return a pair (z, p_value)")
+        expect_pair(got, case, "(z, p_value)")
         expect_close(got[0], want.z, case + ", z",
                      "z = (p_b - p_a) / sqrt(p (1 - p) (1/n_a + 1/n_b)) with the POOLED rate p = (clicks_a + clicks_b) / (n_a + n_b); "
                      "B minus A, so a lower B gives a negative z")
@@ -96,8 +95,7 @@ def team_draft(answer: Callable[[list, list, list, int], tuple], rng: np.random.
         want_items, want_teams = team_draft_interleave(a, b, np.random.default_rng(seed), k=k)
         case = f"case {i + 1} (ranking_a={a}, ranking_b={b}, a_first={[int(x) for x in a_first]}, k={k})"
         got = call(answer, list(a), list(b), list(a_first), k, case=case)
-        if not (isinstance(got, tuple | list) and len(got) == 2):
-            expect_equal(got, (want_items, want_teams), case, "return a pair (items, teams)")
+        expect_pair(got, case, "(items, teams)")
         hint = ("round r: if a_first[r], team a picks then b, else b then a; each pick is the team's highest-ranked id not yet on "
                 "the page; a team with nothing left lets the other team pick instead; stop at min(k, size of the union) items")
         expect_equal([int(x) for x in got[0]] if isinstance(got[0], list | tuple) else got[0], want_items, case + ", the items", hint)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from visual_search.exercises._core import call, checker, expect_close, expect_equal
+from visual_search.exercises._core import call, checker, expect_close, expect_equal, expect_pair
 from visual_search.index.kernels import merge_topk
 from visual_search.scale import capacity
 
@@ -47,8 +47,7 @@ def merge(answer: Callable[[list, int], tuple], rng: np.random.Generator) -> int
         want_d, want_i = merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
         case = f"case {i + 1} ({n_shards} shards, {nq} queries, k={k})"
         got = call(answer, [(d.copy(), ids.copy()) for d, ids in parts], k, case=case)
-        if not (isinstance(got, tuple | list) and len(got) == 2):
-            expect_equal(got, (want_d, want_i), case, "return a pair (D, I), each of shape [nq, k]")
+        expect_pair(got, case, "(D, I)", "return a pair (D, I), each of shape [nq, k]")
         expect_equal(np.asarray(got[1]), want_i, case + ", the ids I",
                      "concatenate the shards' lists along axis 1, then keep each query's k smallest distances "
                      "(np.argsort(..., axis=1, kind='stable')[:, :k]) and take the ids at the same positions")
