@@ -4,7 +4,7 @@ For each ``check.chNN.<name>(<fn>)`` call in a notebook:
 
 * the check is registered in ``visual_search.exercises.chNN``, and every registered check is called
   from its notebook (no orphan checks, no calls to checks that do not exist);
-* ``solutions/NN_topic.py`` has a function of that name, and it passes on several seeds;
+* ``solutions/NN_topic.py`` has a function of that name, and it passes on 20 seeds;
 * the notebook's own stub (the function definition that raises ``NotImplementedError``) fails
   the check, which says it is not answered yet;
 * a wrong answer (one returning ``None``) and a crashing one fail with a hint naming the case,
@@ -79,7 +79,7 @@ def test_solution_passes_and_stub_and_wrong_answers_fail_with_a_hint(path, chapt
     fn = getattr(check, chapter).__dict__[name]
     solution = getattr(_solutions(path), name, None)
     assert callable(solution), f"solutions/{path.stem}.py has no {name}"
-    for seed in (0, 1, 2):
+    for seed in range(20):  # many seeds: a check that fails a right answer on a near-tie is caught here, not by a student
         result = fn(solution, seed=seed, quiet=True)
         assert isinstance(result, CheckResult) and result.passed, result.message
 

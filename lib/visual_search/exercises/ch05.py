@@ -29,9 +29,16 @@ def exact_topk(answer: Callable[[np.ndarray, np.ndarray, int], tuple], rng: np.r
         case = f"case {i + 1} ({n} base vectors of {d} dims, {nq} queries, k={k})"
         got = _pair(call(answer, base.copy(), queries.copy(), k, case=case), case,
                     "return a pair (D, I), each of shape [len(queries), k]")
-        expect_equal(np.asarray(got[1]), want_i, case + ", the ids I",
-                     "per query: d = ((base - q) ** 2).sum(axis=1), then the k smallest, smallest first "
-                     "(np.argsort(d, kind='stable')[:k]); I holds row numbers of base, not distances")
+        hint = ("per query: d = ((base - q) ** 2).sum(axis=1), then the k smallest, smallest first "
+                "(np.argsort(d, kind='stable')[:k]); I holds row numbers of base, not distances")
+        ids = np.asarray(got[1])
+        if ids.shape != want_i.shape or not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n:
+            expect_equal(ids, want_i, case + ", the ids I", hint)
+        # Two base vectors at (nearly) the same distance may come in either order, so an id differs
+        # from the reference only where its true distance equals the reference's at that rank.
+        true_d = ((base[ids].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1)
+        if not (np.allclose(true_d, want_d, rtol=1e-4, atol=1e-4) and all(len(set(row)) == k for row in ids.tolist())):
+            expect_equal(ids, want_i, case + ", the ids I", hint)
         expect_close(got[0], want_d, case + ", the distances D",
                      "D holds squared Euclidean distances (no square root), in the same order as I", rtol=1e-3, atol=1e-4)
     return 8
