@@ -58,7 +58,7 @@ def test_record_runtime_merges_modes_and_marks_a_busy_machine(tmp_path):
     entry = notebook_runner.load_runtimes(path)["chapters"]["05_x"]
     assert entry["full"]["seconds"] == 100.0 and entry["full"]["idle"] and not entry["fast"]["idle"]
     line = notebook_runner.runtime_line("05", path)
-    assert "full mode 1.7 min (100 s)" in line and "busy machine" in line
+    assert "full mode 1.7 min (100 s)" in line and "busy machine" in line and "†" not in line
     assert "not measured yet" in notebook_runner.runtime_line("06", path)
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{notebook_runner.README_START}\nold\n{notebook_runner.README_END}\nb\n")

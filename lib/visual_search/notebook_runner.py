@@ -70,14 +70,28 @@ def runtime_line(chapter: str, path: str | Path | None = None) -> str:
     name = next((n for n in sorted(chapters) if n.startswith(chapter)), None)
     if name is None:
         return f"*Run time of chapter {chapter}: not measured yet (`make course` measures it).*"
-    parts = []
+    parts, earlier = [], False
     for mode in ("full", "fast"):
         e = chapters[name].get(mode)
         if e:
-            busy = "" if e.get("idle") else f", on a busy machine (load {e['load_per_core']:.1f} per core)"
-            parts.append(f"{mode} mode {_fmt_seconds(e['seconds'])}{busy}")
+            parts.append(f"{mode} mode {_fmt_seconds(e['seconds'])}{_qualifier(e)}")
+            earlier |= not _measured_by_runner(e)
+    note = " A time marked † comes from an earlier session's chapter header; `make course` remeasures it." if earlier else ""
     return (f"*Measured run time ({chapters[name].get('full', chapters[name].get('fast', {})).get('cores', 2)}-core CPU, no GPU): "
-            + ", ".join(parts) + " (`results/notebook_runtimes.json`, written by the notebook runner).*")
+            + ", ".join(parts) + f" (`results/notebook_runtimes.json`, written by the notebook runner).{note}*")
+
+
+def _measured_by_runner(entry: dict) -> bool:
+    return str(entry.get("source", "")).startswith("python -m visual_search.notebook_runner")
+
+
+def _qualifier(entry: dict) -> str:
+    """What a reader must know about a time: not measured by the runner, or measured on a busy machine."""
+    if not _measured_by_runner(entry):
+        return "†"
+    if not entry.get("idle"):
+        return f", on a busy machine (load {entry['load_per_core']:.1f} per core)"
+    return ""
 
 
 def runtime_table(path: str | Path | None = None) -> str:
@@ -91,7 +105,8 @@ def runtime_table(path: str | Path | None = None) -> str:
             e = chapters[name].get(mode)
             if e:
                 total[mode] += e["seconds"]
-                cells.append(_fmt_seconds(e["seconds"]) + ("" if e.get("idle") else " (busy machine)"))
+                note = "" if e.get("idle") else " (busy machine)"
+                cells.append(_fmt_seconds(e["seconds"]) + (note if _measured_by_runner(e) else "† (earlier session, not remeasured)"))
             else:
                 cells.append("not measured")
         rows.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
