@@ -39,6 +39,29 @@ def test_chapter_structure(path):
     assert text.count("Model answer") >= 5, "at least 5 interview questions with model answers"
 
 
+def _section(text: str, heading: str) -> str:
+    """The markdown from ``## heading`` to the next ``## `` heading."""
+    match = re.search(rf"^##\s+{heading}\b.*$", text, re.M)
+    assert match, f"no '## {heading}' section"
+    rest = text[match.end():]
+    end = re.search(r"^##\s", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_closes_with_exercises_questionnaire_references_and_interview_questions_in_order(path):
+    text = "\n".join("".join(c["source"]) for c in _load(path)["cells"] if c["cell_type"] == "markdown")
+    order = [re.search(rf"^##\s+{h}\b", text, re.M) for h in ("Summary", "Exercises", "Questionnaire", "References", "Interview questions")]
+    assert all(order), "each of Summary, Exercises, Questionnaire, References, Interview questions needs a ## heading"
+    assert [m.start() for m in order] == sorted(m.start() for m in order), "closing sections out of order"
+    questionnaire = _section(text, "Questionnaire")
+    questions = re.findall(r"^\d+\.\s", questionnaire, re.M)
+    answers = questionnaire.count("<summary>Answer</summary>")
+    assert 10 <= len(questions) <= 15 and answers == len(questions), f"{len(questions)} questions, {answers} answers"
+    links = re.findall(r"\]\((https?://[^)\s]+)\)", _section(text, "References"))
+    assert len(links) >= 3, f"the References section links {len(links)} sources"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_runs_in_fast_mode(path, tmp_path):
