@@ -53,13 +53,14 @@ def test_chapter_run_times_come_from_the_results_json_and_readme_shows_them():
 
 def test_record_runtime_merges_modes_and_marks_a_busy_machine(tmp_path):
     path = tmp_path / "rt.json"
-    notebook_runner.record_runtime("05_x", "full", 100.04, 0.2, path)
-    notebook_runner.record_runtime("05_x", "fast", 9.0, 1.5, path)
+    notebook_runner.record_runtime("05_x", "full", 100.04, 0.1, path)
+    notebook_runner.record_runtime("05_x", "fast", 9.0, 0.6, path)
     entry = notebook_runner.load_runtimes(path)["chapters"]["05_x"]
     assert entry["full"]["seconds"] == 100.0 and entry["full"]["idle"] and not entry["fast"]["idle"]
     line = notebook_runner.runtime_line("05", path)
     assert "full mode 1.7 min (100 s)" in line and "busy machine" in line and "†" not in line
     assert "not measured yet" in notebook_runner.runtime_line("06", path)
+    assert 0.0 <= notebook_runner.other_cpu_share(0.1) <= 1.0
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{notebook_runner.README_START}\nold\n{notebook_runner.README_END}\nb\n")
     assert notebook_runner.update_readme(readme, path) and "| `05_x` | 1.7 min (100 s) | 9 s (busy machine) |" in readme.read_text()

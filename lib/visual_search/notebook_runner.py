@@ -5,8 +5,9 @@
 
 Executed copies go to the git-ignored ``build/notebooks-<mode>/``; the committed
 notebooks stay without outputs. The run-time table is printed and saved as
-``build/notebooks-<mode>/runtimes.json``, and each chapter's time (with the machine's
-load while it ran) is merged into the committed ``results/notebook_runtimes.json``,
+``build/notebooks-<mode>/runtimes.json``, and each chapter's time (with the share of the
+CPUs other programs used just before and after it) is merged into the committed
+``results/notebook_runtimes.json``,
 which the chapter headers (:func:`runtime_line`) and README's table
 (:func:`runtime_table`, between ``<!-- runtimes:start -->`` and ``<!-- runtimes:end -->``)
 read. A time measured while the cores were busy is marked so, as it overstates the idle time.
@@ -28,8 +29,16 @@ from visual_search.config import REPO_ROOT
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNTIMES = REPO_ROOT / "results" / "notebook_runtimes.json"
 README_START, README_END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
-#: A run whose 1-minute load average per core stayed below this counts as measured on an idle machine.
-IDLE_LOAD_PER_CORE = 0.75
+#: A chapter counts as timed on an idle machine when other programs used less than this share of the
+#: CPUs just before it started and just after it ended (no kernel of ours runs in either window).
+IDLE_OTHER_SHARE = 0.25
+
+
+def other_cpu_share(seconds: float = 2.0) -> float:
+    """The share of all CPUs busy over ``seconds`` (0..1); called between chapters, it is other programs' use."""
+    import psutil
+
+    return psutil.cpu_percent(interval=seconds) / 100.0
 
 
 def load_runtimes(path: str | Path | None = None) -> dict:
@@ -40,16 +49,17 @@ def load_runtimes(path: str | Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-def record_runtime(name: str, mode: str, seconds: float, load_per_core: float, path: str | Path | None = None) -> None:
+def record_runtime(name: str, mode: str, seconds: float, other_share: float, path: str | Path | None = None) -> None:
     """Merge one chapter's measured time into the run-times JSON (atomically), keeping the other mode's entry."""
     path = Path(path) if path is not None else RUNTIMES
     data = load_runtimes(path)
     entry = data.setdefault("chapters", {}).setdefault(name, {})
-    entry[mode] = {"seconds": round(float(seconds), 1), "load_per_core": round(float(load_per_core), 2),
-                   "idle": bool(load_per_core < IDLE_LOAD_PER_CORE), "date": time.strftime("%Y-%m-%d"),
+    entry[mode] = {"seconds": round(float(seconds), 1), "other_cpu_share": round(float(other_share), 2),
+                   "idle": bool(other_share < IDLE_OTHER_SHARE), "date": time.strftime("%Y-%m-%d"),
                    "cores": os.cpu_count(), "source": "python -m visual_search.notebook_runner --mode " + mode}
     data["note"] = ("Wall-clock seconds per chapter, written by the notebook runner (make course = full mode). "
-                    f"'idle' means the 1-minute load average per core stayed below {IDLE_LOAD_PER_CORE} while it ran.")
+                    f"'other_cpu_share' is the larger share of all CPUs that other programs used in the 2 s just before "
+                    f"the chapter started and just after it ended; 'idle' means it was below {IDLE_OTHER_SHARE}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -90,7 +100,7 @@ def _qualifier(entry: dict) -> str:
     if not _measured_by_runner(entry):
         return "†"
     if not entry.get("idle"):
-        return f", on a busy machine (load {entry['load_per_core']:.1f} per core)"
+        return f", on a busy machine (other programs used {entry['other_cpu_share']:.0%} of the CPUs)"
     return ""
 
 
@@ -224,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(f"running {path.name} ({args.mode} mode) ...", flush=True)
         try:
+            before = other_cpu_share() if args.record else 0.0
             seconds = run_notebook(path, fast=args.mode == "fast", out_dir=out_dir)
             rows.append((path.name, seconds, "ok"))
             if args.record:
-                record_runtime(path.stem, args.mode, seconds, os.getloadavg()[0] / (os.cpu_count() or 1))
+                record_runtime(path.stem, args.mode, seconds, max(before, other_cpu_share()))
         except Exception as e:  # report every notebook, then fail
             rows.append((path.name, None, f"FAILED: {type(e).__name__}"))
             print(str(e)[-3000:], file=sys.stderr)
