@@ -34,6 +34,7 @@ LAYERS = [
     {"train"},
     {"index"},
     {"evalset"},
+    {"topics"},
     {"service"},
     {"online", "scale"},
     {"exercises"},

@@ -74,6 +74,10 @@ class ScaleError(VisualSearchError):
     """Bad input to the scaling tools: a capacity-plan parameter, a shard count, a job's files, or missing measurements."""
 
 
+class TopicsError(VisualSearchError):
+    """Bad input to one of chapter 11's talking points (moderation, text search, smart crop, metadata, active learning, co-click graph)."""
+
+
 __all__ = [
     "VisualSearchError",
     "DataError",
@@ -89,4 +93,5 @@ __all__ = [
     "PayloadTooLargeError",
     "OnlineError",
     "ScaleError",
+    "TopicsError",
 ]
