@@ -82,3 +82,14 @@ def test_make_wheelhouse_downloads_the_lock_builds_sdists_and_install_uses_it_of
     target = makefile.split("\nwheelhouse:", 1)[1].split("\n\n", 1)[0]
     assert "pip download" in target and "-r requirements.lock" in target and "pip wheel" in target and "--copy-to" in target
     assert "--no-index --find-links $(WHEELHOUSE)" in makefile and "$(PIP_OFFLINE) -r requirements.lock" in makefile
+
+
+def test_the_cheat_sheet_is_generated_from_the_interview_module_and_up_to_date():
+    from visual_search import interview
+
+    text = interview.cheatsheet()
+    assert course_docs.CHEATSHEET.read_text() == text, "docs/cheatsheet.md is stale: run python -m visual_search.course_docs"
+    assert sum(interview.MINUTES.values()) == 45
+    for step in interview.steps():
+        assert f"{step.title} ({step.minutes} min)" in text
+    assert "What interviewers look for" in text and "Common mistakes" in text

@@ -37,7 +37,7 @@ LAYERS = [
     {"topics"},
     {"service"},
     {"online", "scale"},
-    {"exercises"},
+    {"exercises", "interview"},
     {"notebook_runner"},
     {"course_docs"},
     {"bench"},

@@ -1,9 +1,10 @@
 """Documents generated from the notebooks, so they cannot drift from them.
 
-    python -m visual_search.course_docs            # rewrite docs/interview_questions.md and the guide's timings
+    python -m visual_search.course_docs            # rewrite the interview bank, the cheat sheet and the guide's timings
     python -m visual_search.course_docs --check    # exit 1 if either is out of date (what the test runs)
 
-The interview bank gathers every chapter's "Interview questions" section, question and model
+``docs/cheatsheet.md`` is chapter 12's mock interview on one page, from ``visual_search.interview``
+(the same functions the chapter calls). The interview bank gathers every chapter's "Interview questions" section, question and model
 answer, grouped by the stage of the system design they belong to. Edit the notebooks, then
 regenerate; ``tests/test_course_docs.py`` fails while the bank is stale.
 """
@@ -21,6 +22,7 @@ from visual_search.notebook_runner import load_runtimes
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BANK = REPO_ROOT / "docs" / "interview_questions.md"
+CHEATSHEET = REPO_ROOT / "docs" / "cheatsheet.md"
 GUIDE = REPO_ROOT / "docs" / "instructor_guide.md"
 TIMINGS_START, TIMINGS_END = "<!-- timings:start -->", "<!-- timings:end -->"
 #: A chapter whose full-mode run takes longer than this is pre-run before a workshop, not run live.
@@ -119,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/interview_questions.md is out of date")
     args = parser.parse_args(argv)
-    wanted = {BANK: interview_bank()}
+    from visual_search.interview import cheatsheet
+
+    wanted = {BANK: interview_bank(), CHEATSHEET: cheatsheet()}
     if GUIDE.exists():
         wanted[GUIDE] = guide_with_timings(GUIDE.read_text())
     stale = [p for p, text in wanted.items() if (p.read_text() if p.exists() else "") != text]
