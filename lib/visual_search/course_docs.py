@@ -37,6 +37,8 @@ TOPICS: list[tuple[str, tuple[str, ...]]] = [
     ("Evaluation: offline and online", ("07", "08")),
     ("Serving", ("09",)),
     ("Scale: 100-200 billion images", ("10",)),
+    ("Senior talking points", ("11",)),
+    ("The whole design in one interview", ("12",)),
 ]
 
 
