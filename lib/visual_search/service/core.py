@@ -1,6 +1,7 @@
 """The visual search system: the three services and the indexing pipeline, wired together.
 
     search:  bytes -> EmbeddingService -> NeighbourService (k' > k) -> catalog records -> rerank -> k results
+    text:    query -> text encoder (topics.text_search) -> the same NeighbourService -> rerank -> k results
     upload:  bytes -> decode -> blob file -> embed -> catalog row (commit) -> index.add      (searchable at once)
     delete:  catalog row deleted (commit) -> index.remove -> blob file dropped if unused
     swap:    new encoder -> re-embed the whole gallery in the background -> new index -> one assignment
@@ -47,6 +48,7 @@ from visual_search.service.catalog import Catalog, ImageRecord, NewImage, conten
 from visual_search.service.embedding import EmbeddingService
 from visual_search.service.neighbours import DEFAULT_SPEC, EXACT_SPEC, IndexSpec, NeighbourService, overfetch
 from visual_search.service.rerank import Candidate, QueryContext, Rule, default_rules, rerank
+from visual_search.topics.text_search import TextEncoder
 
 log = logging.getLogger("visual_search.service")
 
@@ -135,6 +137,8 @@ class VisualSearchService:
         spec: which index to build (see ``neighbours.DEFAULT_SPEC``).
         rules: the re-ranking chain (default ``rerank.default_rules()``).
         progress: show progress bars while building.
+        text_encoder: a text tower trained against ``encoder`` (``topics.text_search``), for
+            ``search_text``; None: the service answers image queries only.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class VisualSearchService:
         spec: IndexSpec = DEFAULT_SPEC,
         rules: Sequence[Rule] | None = None,
         progress: bool = True,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +159,9 @@ class VisualSearchService:
         self.spec = spec
         self.rules = list(rules) if rules is not None else default_rules()
         self.progress = progress
+        if text_encoder is not None and not isinstance(text_encoder, TextEncoder):
+            raise ServiceError(f"text_encoder: expected a topics.text_search.TextEncoder or None, got {type(text_encoder).__name__}")
+        self.text_encoder = text_encoder
         self.started = time.time()
         self._writer = threading.Lock()
         self._swap_lock = threading.Lock()
@@ -304,7 +312,34 @@ class VisualSearchService:
         vector = active.embedder.embed_pixels(region)
         hashes = {content_hash(pixels), content_hash(stored_form(pixels)), content_hash(region)}  # as sent, as stored, as cropped
         context = QueryContext(k=k, user=user, query_hashes=frozenset(hashes))
-        t1 = time.perf_counter()
+        return self._nearest(active, vector, context, log, t0, time.perf_counter())
+
+    def search_text(self, query: str, k: int = 20, user: str | None = None) -> SearchResponse:
+        """Search with a text query ("a dark ankle boot"): its vector from the text encoder, then the path of ``search``.
+
+        The same index, re-ranking rules and query log as an image search (no query image, so the
+        near-copy rule has nothing to compare with). The text encoder was trained against one image
+        model; after a swap to another, its vectors mean nothing there, so text search is refused.
+
+        Raises:
+            ServiceError: no text encoder, one trained against another model, or a bad k or user.
+            TopicsError: an empty or too long query, or one with no known word.
+        """
+        k = check_int(k, "k", low=1, high=MAX_K, error=ServiceError)
+        user = check_name(user, "user")
+        text_encoder, active = self.text_encoder, self._active
+        if text_encoder is None:
+            raise ServiceError("text search: this service has no text encoder (start it with text_encoder=...)")
+        if text_encoder.image_model_version not in (None, active.embedder.model_version) or text_encoder.dim != active.neighbours.index.dim:
+            raise ServiceError(f"text search: the text encoder was trained against model {text_encoder.image_model_version} "
+                               f"({text_encoder.dim}-d), but {active.embedder.model_version} ({active.neighbours.index.dim}-d) is serving")
+        t0 = time.perf_counter()
+        vector = text_encoder.encode([query])[0]
+        return self._nearest(active, vector, QueryContext(k=k, user=user), True, t0, time.perf_counter())
+
+    def _nearest(self, active: _Active, vector: np.ndarray, context: QueryContext, log: bool, t0: float, t1: float) -> SearchResponse:
+        """The shared end of every search: nearest neighbours of ``vector``, re-ranked, logged, timed."""
+        k, user = context.k, context.user
         n = len(active.neighbours)
         fetch = overfetch(k, n)
         search_s = rerank_s = 0.0
