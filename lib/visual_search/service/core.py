@@ -48,6 +48,7 @@ from visual_search.service.catalog import Catalog, ImageRecord, NewImage, conten
 from visual_search.service.embedding import EmbeddingService
 from visual_search.service.neighbours import DEFAULT_SPEC, EXACT_SPEC, IndexSpec, NeighbourService, overfetch
 from visual_search.service.rerank import Candidate, QueryContext, Rule, default_rules, rerank
+from visual_search.topics.moderation import ModerationModel
 from visual_search.topics.text_search import TextEncoder
 
 log = logging.getLogger("visual_search.service")
@@ -139,6 +140,9 @@ class VisualSearchService:
         progress: show progress bars while building.
         text_encoder: a text tower trained against ``encoder`` (``topics.text_search``), for
             ``search_text``; None: the service answers image queries only.
+        moderation: a classifier on ``encoder``'s embeddings (``topics.moderation``): an upload it
+            flags is stored blocked, and (unless ``rules`` is given) the chain gains its ``moderation``
+            rule, which hides flagged candidates; None: no automatic moderation.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class VisualSearchService:
         rules: Sequence[Rule] | None = None,
         progress: bool = True,
         text_encoder: TextEncoder | None = None,
+        moderation: ModerationModel | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,11 +162,14 @@ class VisualSearchService:
         self.catalog = Catalog(self.data_dir / "catalog.sqlite3")
         self.blobs = BlobStore(self.data_dir / "images")
         self.spec = spec
-        self.rules = list(rules) if rules is not None else default_rules()
+        self.rules = list(rules) if rules is not None else default_rules(moderation=moderation)
         self.progress = progress
         if text_encoder is not None and not isinstance(text_encoder, TextEncoder):
             raise ServiceError(f"text_encoder: expected a topics.text_search.TextEncoder or None, got {type(text_encoder).__name__}")
         self.text_encoder = text_encoder
+        if moderation is not None and not isinstance(moderation, ModerationModel):
+            raise ServiceError(f"moderation: expected a topics.moderation.ModerationModel or None, got {type(moderation).__name__}")
+        self.moderation = moderation
         self.started = time.time()
         self._writer = threading.Lock()
         self._swap_lock = threading.Lock()
@@ -174,6 +182,10 @@ class VisualSearchService:
         self._variants: dict[str, _Active] = {}  # copy-on-write under the writer lock: readers take one snapshot
 
         embedder = EmbeddingService(encoder)
+        if moderation is not None and (moderation.model_version not in (None, embedder.model_version) or moderation.dim != embedder.dim):
+            self.catalog.close()
+            raise ServiceError(f"moderation: the classifier was trained on model {moderation.model_version} ({moderation.dim}-d), "
+                               f"but the encoder is {embedder.model_version} ({embedder.dim}-d)")
         self.startup: dict[str, Any] = {}
         t0 = time.perf_counter()
         if gallery is not None and not len(self.catalog.ids()):  # an empty catalog, also after an interrupted first start
@@ -429,6 +441,10 @@ class VisualSearchService:
     def upload(self, image: bytes | np.ndarray, owner: str | None = None, private: bool = False) -> int:
         """Store, embed, catalog and index one image; it is searchable when this returns. Returns its id.
 
+        With a moderation model, an image it flags is stored with ``blocked`` set (what PATCH
+        /images does), so nobody sees it, and its record's ``source`` says why
+        (``"upload; blocked by moderation: p(Sandal) = 0.973 >= threshold 0.091"``).
+
         Raises:
             ImageError: the bytes are not a readable image.
             ServiceError: a bad owner, or a private image without an owner.
@@ -452,9 +468,14 @@ class VisualSearchService:
                 before, variants = variants, self._variants
                 others = {name: others[name] if before.get(name) is v else v.embedder.embed_pixels(pixels)
                           for name, v in variants.items()}
+            decision = None if self.moderation is None else self.moderation.decide(vector, active.embedder.model_version)
+            blocked = decision is not None and decision.flagged
+            source = f"upload; blocked by moderation: {decision.reason}" if blocked else "upload"
             # every vector is computed before the first write: a failing encoder changes nothing
             digest = self.blobs.put(pixels, durable=True)
-            (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, "upload", owner, bool(private))])
+            (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, source, owner, bool(private))])
+            if blocked:  # before the index add, so no search sees it unblocked (after a crash here, the rule still hides it)
+                self.catalog.set_flags(image_id, blocked=True)
             active.neighbours.index.add(vector[None], np.array([image_id]), model_version=active.embedder.model_version)
             for name, other in variants.items():
                 other.neighbours.index.add(others[name][None], np.array([image_id]), model_version=other.embedder.model_version)
