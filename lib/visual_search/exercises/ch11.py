@@ -1,3 +1,60 @@
-"""Checks for chapter 11's exercises (see notebooks/11_*.ipynb and solutions/11_*.py)."""
+"""Checks for chapter 11, the senior talking points: a box's IoU, the hybrid tag score, and graph smoothing."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from visual_search.exercises._core import call, checker, expect_close
+from visual_search.topics import coclick, metadata, smart_crop
+
+
+@checker
+def iou(answer: Callable[[tuple, tuple], float], rng: np.random.Generator) -> int:
+    """``answer(a, b)`` -> the IoU of two boxes ``(left, top, right, bottom)``, right and bottom exclusive."""
+    for i in range(10):
+        a = rng.integers(0, 20, size=2)
+        a = (int(a[0]), int(a[1]), int(a[0] + rng.integers(1, 15)), int(a[1] + rng.integers(1, 15)))
+        b = rng.integers(0, 20, size=2)
+        b = (int(b[0]), int(b[1]), int(b[0] + rng.integers(1, 15)), int(b[1] + rng.integers(1, 15)))
+        want = float(smart_crop.box_iou(np.array([a]), np.array([b]))[0])
+        case = f"case {i + 1} (a={a}, b={b})"
+        expect_close(call(answer, a, b, case=case), want, case,
+                     "the overlap is max(0, min(right) - max(left)) x max(0, min(bottom) - max(top)); "
+                     "IoU = overlap / (area a + area b - overlap)")
+    return 10
+
+
+@checker
+def hybrid_score(answer: Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray], rng: np.random.Generator) -> int:
+    """``answer(similarities, query_tags, gallery_tags, weight)`` -> the hybrid scores ``[Q, G]``."""
+    for i in range(8):
+        q, g = int(rng.integers(1, 5)), int(rng.integers(2, 12))
+        sims = rng.uniform(-1, 1, size=(q, g))
+        qt, gt = rng.integers(0, 5, size=q), rng.integers(0, 5, size=g)
+        weight = float(rng.choice([0.0, 0.05, 0.1, 0.5, 3.0]))
+        want = metadata.hybrid_scores(sims, qt, gt, weight)
+        case = f"case {i + 1} ({q} queries, {g} candidates, weight {weight:g})"
+        expect_close(call(answer, sims.copy(), qt.copy(), gt.copy(), weight, case=case), want, case,
+                     "similarity + weight where the candidate's tag equals the query's (broadcast query_tags[:, None] == gallery_tags[None, :])")
+    return 8
+
+
+@checker
+def smooth(answer: Callable[[np.ndarray, np.ndarray, float, int], np.ndarray], rng: np.random.Generator) -> int:
+    """``answer(vectors, graph, alpha, steps)`` -> ``steps`` times ``x <- unit((1 - alpha) x + alpha A x)``, from unit rows."""
+    for i in range(8):
+        n, d = int(rng.integers(3, 10)), int(rng.integers(2, 6))
+        vectors = rng.normal(size=(n, d)).astype(np.float32)
+        graph = np.triu((rng.random((n, n)) < 0.4).astype(np.float64), 1)
+        graph = graph + graph.T
+        graph = coclick.normalize_graph(sp.csr_matrix(graph)).toarray()
+        alpha, steps = float(rng.choice([0.25, 0.5, 0.8])), int(rng.integers(0, 4))
+        want = coclick.propagate(vectors, graph, alpha, steps)
+        case = f"case {i + 1} ({n} nodes, alpha {alpha:g}, {steps} steps)"
+        expect_close(np.asarray(call(answer, vectors.copy(), graph.copy(), alpha, steps, case=case), dtype=np.float64), want, case,
+                     "normalise each row to length 1 first; then, steps times, mix (1 - alpha) x + alpha (graph @ x) and "
+                     "normalise the rows again", )
+    return 8
