@@ -60,8 +60,10 @@ from visual_search._checks import check_int, check_real, check_seed
 from visual_search.contrastive import similarities
 from visual_search.embed import embed
 from visual_search.errors import TopicsError
-from visual_search.index import exact_search
-from visual_search.models import Encoder, load_pretrained
+from visual_search.models import Encoder
+from visual_search.topics._validate import as_array, class_precision_at_k, encoder_or_default, sample_or_default
+from visual_search.topics._validate import labels as check_labels
+from visual_search.topics._validate import vectors as check_vectors
 
 #: The query strategies ``run_active_learning`` knows.
 STRATEGIES = ("random", "uncertainty")
@@ -72,44 +74,9 @@ INITIAL_SCALE, INITIAL_BIAS = 10.0, -5.0
 # ---- checks --------------------------------------------------------------------------------------
 
 
-def _as_array(x: object) -> np.ndarray | None:
-    """``x`` as a numpy array if it is an array, list or tuple that makes one (not a ragged list); else None."""
-    if not isinstance(x, (np.ndarray, list, tuple)):
-        return None
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def _vectors(x: object, name: str, dim: int | None = None) -> np.ndarray:
-    """A non-empty finite float ``[N, D]`` matrix (of width ``dim`` if given), as float32."""
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f" or 0 in x.shape:
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise TopicsError(f"{name} must be a non-empty float array [N, D], got {got}")
-    if dim is not None and x.shape[1] != dim:
-        raise TopicsError(f"{name} must have {dim} columns (as the other vectors), got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise TopicsError(f"{name} contains NaN or infinity")
-    return x.astype(np.float32, copy=False)
-
-
-def _labels(labels: object, name: str, length: int | None = None) -> np.ndarray:
-    """Non-negative integer class labels ``[N]`` (``length`` of them if given), as int64."""
-    array = _as_array(labels)
-    if array is None or array.ndim != 1 or array.dtype.kind not in "iu" or len(array) == 0:
-        got = f"{array.dtype} {list(array.shape)}" if array is not None else type(labels).__name__
-        raise TopicsError(f"{name} must be a non-empty integer array [N], got {got}")
-    if length is not None and len(array) != length:
-        raise TopicsError(f"{name} must have {length} entries (one per vector), got {len(array)}")
-    if array.min() < 0:
-        raise TopicsError(f"{name} must be class labels >= 0, got {int(array.min())}")
-    return array.astype(np.int64)
-
-
 def _pairs(pairs: object, n_images: int, name: str = "pairs") -> np.ndarray:
     """An integer ``[P >= 1, 2]`` array of image ids in 0..n_images-1, no image paired with itself, as int64."""
-    array = _as_array(pairs)
+    array = as_array(pairs)
     if array is None or array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iu" or len(array) == 0:
         got = f"{array.dtype} {list(array.shape)}" if array is not None else type(pairs).__name__
         raise TopicsError(f"{name} must be a non-empty integer array [P, 2] of image ids, got {got}")
@@ -146,7 +113,7 @@ class SimulatedAnnotator:
     """
 
     def __init__(self, labels: np.ndarray, error_rate: float = 0.0, seed: int = 0) -> None:
-        self.labels = _labels(labels, "labels")
+        self.labels = check_labels(labels, "labels")
         self.error_rate = check_real(error_rate, "error_rate", low=0.0, high=0.5, error=TopicsError)
         self._rng = np.random.default_rng(check_seed(seed, "seed", error=TopicsError))
         self.n_answers = 0
@@ -215,7 +182,7 @@ class PairModel:
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """The fine-tuned embedding: unit rows of ``vectors @ weight``, float32 ``[N, D]`` (what search uses)."""
-        vectors = _vectors(vectors, "vectors", self.weight.shape[0])
+        vectors = check_vectors(vectors, "vectors", self.weight.shape[0])
         return _unit(vectors @ self.weight)
 
     def logits(self, vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -251,9 +218,9 @@ def train_pair_model(
     Raises:
         TopicsError: for bad vectors, pairs, answers or settings.
     """
-    vectors = _vectors(vectors, "vectors")
+    vectors = check_vectors(vectors, "vectors")
     pairs = _pairs(pairs, len(vectors))
-    answers = _as_array(answers)
+    answers = as_array(answers)
     if answers is None or answers.shape != (len(pairs),) or answers.dtype.kind not in "iub" or not np.isin(answers, (0, 1)).all():
         got = f"{answers.dtype} {list(answers.shape)}" if answers is not None else "not an array"
         raise TopicsError(f"answers must be {len(pairs)} values of 0 or 1 (one per pair), got {got}")
@@ -303,17 +270,6 @@ def select_uncertain(model: PairModel, vectors: np.ndarray, pairs: np.ndarray, n
 # ---- the loop and the measurement ----------------------------------------------------------------
 
 
-def class_precision_at_k(query_vectors: np.ndarray, query_labels: np.ndarray, gallery_vectors: np.ndarray, gallery_labels: np.ndarray, k: int = 10) -> float:
-    """Mean share of each query's top ``k`` gallery items (exact cosine search) that has the query's class."""
-    query_vectors = _vectors(query_vectors, "query_vectors")
-    gallery_vectors = _vectors(gallery_vectors, "gallery_vectors", query_vectors.shape[1])
-    query_labels = _labels(query_labels, "query_labels", len(query_vectors))
-    gallery_labels = _labels(gallery_labels, "gallery_labels", len(gallery_vectors))
-    k = check_int(k, "k", low=1, high=len(gallery_vectors), error=TopicsError)
-    _, ids = exact_search(query_vectors, gallery_vectors, k, metric="cosine")
-    return float((gallery_labels[ids] == query_labels[:, None]).mean())
-
-
 def run_active_learning(
     strategy: str,
     gallery_vectors: np.ndarray,
@@ -356,10 +312,10 @@ def run_active_learning(
     """
     if strategy not in STRATEGIES:
         raise TopicsError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    gallery_vectors = _vectors(gallery_vectors, "gallery_vectors")
-    gallery_labels = _labels(gallery_labels, "gallery_labels", len(gallery_vectors))
-    query_vectors = _vectors(query_vectors, "query_vectors", gallery_vectors.shape[1])
-    query_labels = _labels(query_labels, "query_labels", len(query_vectors))
+    gallery_vectors = check_vectors(gallery_vectors, "gallery_vectors")
+    gallery_labels = check_labels(gallery_labels, "gallery_labels", len(gallery_vectors))
+    query_vectors = check_vectors(query_vectors, "query_vectors", gallery_vectors.shape[1])
+    query_labels = check_labels(query_labels, "query_labels", len(query_vectors))
     pool = _pairs(pool, len(gallery_vectors), "pool")
     round_size = check_int(round_size, "round_size", low=1, high=len(pool), error=TopicsError)
     rounds = check_int(rounds, "rounds", low=1, high=len(pool) // round_size, error=TopicsError)
@@ -457,9 +413,7 @@ def evaluate_active_learning(
         "error_rate", "repeats", "pool_size", "round_size"}`` with k filled in. Where
         uncertainty sampling never reaches the target, its labels and the savings are NaN.
     """
-    sample = data.load_sample() if sample is None else sample
-    if not isinstance(sample, data.Sample):
-        raise TopicsError(f"sample must be a visual_search.data.Sample, got {type(sample).__name__}")
+    sample = sample_or_default(sample)
     fast = config.is_fast()
     rounds = check_int((8 if fast else 12) if rounds is None else rounds, "rounds", low=1, high=1_000, error=TopicsError)
     round_size = check_int(round_size, "round_size", low=1, high=100_000, error=TopicsError)
@@ -472,9 +426,7 @@ def evaluate_active_learning(
     if seed + repeats - 1 > 2**32 - 1:
         raise TopicsError(f"seed + repeats - 1 must be a seed (<= {2**32 - 1}), got {seed + repeats - 1}")
 
-    encoder = load_pretrained() if encoder is None else encoder
-    if not isinstance(encoder, Encoder):
-        raise TopicsError(f"encoder must be a visual_search.models.Encoder, got {type(encoder).__name__}")
+    encoder = encoder_or_default(encoder)
 
     gallery = embed(encoder, sample.gallery_images, progress=False)
     queries = embed(encoder, sample.query_images, progress=False)

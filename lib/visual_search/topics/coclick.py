@@ -57,7 +57,9 @@ from visual_search.clicks import ClickLog, simulate_click_log
 from visual_search.embed import embed
 from visual_search.errors import TopicsError
 from visual_search.index import exact_search
-from visual_search.models import Encoder, load_pretrained
+from visual_search.models import Encoder
+from visual_search.topics._validate import as_array, class_precision_at_k, drop_self, encoder_or_default, sample_or_default
+from visual_search.topics._validate import vectors as check_vectors
 
 #: The graphs ``coclick_graph`` builds.
 KINDS = ("coclick", "query-click", "both")
@@ -73,28 +75,8 @@ STEPS = (0, 1, 2)
 # ---- checks --------------------------------------------------------------------------------------
 
 
-def _as_array(x: object) -> np.ndarray | None:
-    """``x`` as a numpy array if it is an array, list or tuple that makes one (not a ragged list); else None."""
-    if not isinstance(x, (np.ndarray, list, tuple)):
-        return None
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def _vectors(x: object, name: str = "vectors") -> np.ndarray:
-    """A non-empty finite float ``[N, D]`` matrix, as float32."""
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f" or 0 in x.shape:
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise TopicsError(f"{name} must be a non-empty float array [N, D], got {got}")
-    if not np.isfinite(x).all():
-        raise TopicsError(f"{name} contains NaN or infinity")
-    return x.astype(np.float32, copy=False)
-
-
 def _labels(labels: object, name: str, length: int) -> np.ndarray:
-    array = _as_array(labels)
+    array = as_array(labels)
     if array is None or array.shape != (length,) or array.dtype.kind not in "iu":
         got = f"{array.dtype} {list(array.shape)}" if array is not None else type(labels).__name__
         raise TopicsError(f"{name} must be an integer array [{length}] (one per vector), got {got}")
@@ -232,7 +214,7 @@ def propagate(vectors: np.ndarray, graph: sp.spmatrix | np.ndarray, alpha: float
     Returns:
         float32 ``[N, D]`` unit rows (a row that cancels to zero keeps its previous value).
     """
-    vectors = _vectors(vectors)
+    vectors = check_vectors(vectors)
     graph = _graph(graph, n=len(vectors))
     alpha = check_real(alpha, "alpha", low=0.0, high=1.0, error=TopicsError)
     steps = check_int(steps, "steps", low=0, high=10, error=TopicsError)
@@ -258,10 +240,10 @@ def knn_graph(vectors: np.ndarray, k: int) -> sp.csr_matrix:
     Returns:
         float64 CSR ``[N, N]``, 0/1 weights, no self-edges.
     """
-    vectors = _vectors(vectors)
+    vectors = check_vectors(vectors)
     k = check_int(k, "k", low=1, high=len(vectors) - 1, error=TopicsError)
     _, ids = exact_search(vectors, vectors, k + 1, metric="cosine")
-    neighbours = _drop_self(ids, k)
+    neighbours = drop_self(ids, k)
     rows = np.repeat(np.arange(len(vectors)), k)
     graph = sp.csr_matrix((np.ones(rows.size), (rows, neighbours.ravel())), shape=(len(vectors),) * 2)
     graph = _symmetric_without_diagonal(graph.maximum(graph.T))
@@ -307,43 +289,15 @@ def edge_precision(graph: sp.spmatrix | np.ndarray, labels: np.ndarray) -> float
     return float(coo.data[labels[coo.row] == labels[coo.col]].sum() / total) if total > 0 else float("nan")
 
 
-def _drop_self(ids: np.ndarray, k: int) -> np.ndarray:
-    """Each row's first ``k`` ids other than the row's own (a row of ``k + 1`` results from searching a set in itself)."""
-    keep = ids != np.arange(len(ids))[:, None]
-    keep[keep.sum(axis=1) > k, -1] = False  # the row did not contain itself (a tie pushed it out): drop the last instead
-    return ids[keep].reshape(len(ids), k)
-
-
-def class_precision_at_k(query_vectors: np.ndarray, query_labels: np.ndarray, gallery_vectors: np.ndarray, gallery_labels: np.ndarray,
-                         k: int = 10, leave_one_out: bool = False) -> float:
-    """Mean share of each query's top ``k`` gallery items (exact cosine search) that has the query's class.
-
-    With ``leave_one_out`` the queries are the gallery itself (row q is gallery item q) and
-    each query's own item is left out of its results.
-    """
-    query_vectors, gallery_vectors = _vectors(query_vectors, "query_vectors"), _vectors(gallery_vectors, "gallery_vectors")
-    if query_vectors.shape[1] != gallery_vectors.shape[1]:
-        raise TopicsError(f"query_vectors has {query_vectors.shape[1]} columns but gallery_vectors has {gallery_vectors.shape[1]}")
-    query_labels = _labels(query_labels, "query_labels", len(query_vectors))
-    gallery_labels = _labels(gallery_labels, "gallery_labels", len(gallery_vectors))
-    if leave_one_out and len(query_vectors) != len(gallery_vectors):
-        raise TopicsError(f"leave_one_out needs the gallery as the queries, got {len(query_vectors)} queries for {len(gallery_vectors)} items")
-    k = check_int(k, "k", low=1, high=len(gallery_vectors) - bool(leave_one_out), error=TopicsError)
-    _, ids = exact_search(query_vectors, gallery_vectors, k + bool(leave_one_out), metric="cosine")
-    if leave_one_out:
-        ids = _drop_self(ids, k)
-    return float((gallery_labels[ids] == query_labels[:, None]).mean())
-
-
 # ---- the measurement -----------------------------------------------------------------------------
 
 
 def production_ranking(vectors: np.ndarray, n_shown: int) -> np.ndarray:
     """What the simulated users are shown: each gallery image's ``n_shown`` nearest other gallery images, int64 ``[N, n_shown]``."""
-    vectors = _vectors(vectors)
+    vectors = check_vectors(vectors)
     n_shown = check_int(n_shown, "n_shown", low=1, high=len(vectors) - 1, error=TopicsError)
     _, ids = exact_search(vectors, vectors, n_shown + 1, metric="cosine")
-    return _drop_self(ids, n_shown)
+    return drop_self(ids, n_shown)
 
 
 def evaluate_coclick(
@@ -392,9 +346,7 @@ def evaluate_coclick(
         "P@k gallery"} (the click graph's best setting for held-out queries)}`` with k
         filled in and ``graph`` one of ``GRAPHS``.
     """
-    sample = data.load_sample() if sample is None else sample
-    if not isinstance(sample, data.Sample):
-        raise TopicsError(f"sample must be a visual_search.data.Sample, got {type(sample).__name__}")
+    sample = sample_or_default(sample)
     n_gallery = len(sample.gallery_images)
     n_sessions = check_int(10 * n_gallery if n_sessions is None else n_sessions, "n_sessions", low=1, high=10_000_000, error=TopicsError)
     if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence) or not alphas:
@@ -415,9 +367,7 @@ def evaluate_coclick(
     if seed + repeats - 1 > 2**32 - 1:
         raise TopicsError(f"seed + repeats - 1 must be a seed (<= {2**32 - 1}), got {seed + repeats - 1}")
 
-    encoder = load_pretrained() if encoder is None else encoder
-    if not isinstance(encoder, Encoder):
-        raise TopicsError(f"encoder must be a visual_search.models.Encoder, got {type(encoder).__name__}")
+    encoder = encoder_or_default(encoder)
 
     gallery = embed(encoder, sample.gallery_images, progress=False)
     queries = embed(encoder, sample.query_images, progress=False)

@@ -41,7 +41,9 @@ from visual_search._checks import check_int, check_real, check_seed
 from visual_search.embed import embed
 from visual_search.errors import TopicsError
 from visual_search.index import exact_search
-from visual_search.models import Encoder, load_pretrained
+from visual_search.models import Encoder
+from visual_search.topics._validate import encoder_or_default
+from visual_search.topics._validate import vectors as check_vectors
 
 #: The number of distinct tags: one per super-category.
 N_TAGS = len(data.SUPER_CATEGORY_NAMES)
@@ -77,18 +79,6 @@ def _tags(tags: object, name: str, n_tags: int | None = N_TAGS, length: int | No
 
 def _n_tags(n_tags: object) -> int:
     return check_int(n_tags, "n_tags", low=2, high=1_000_000, error=TopicsError)
-
-
-def _vectors(x: object, name: str, dim: int | None = None) -> np.ndarray:
-    """A non-empty finite float ``[N, D]`` matrix (of width ``dim`` if given), as float32."""
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f" or x.shape[0] == 0 or x.shape[1] == 0:
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise TopicsError(f"{name} must be a non-empty float array [N, D], got {got}")
-    if dim is not None and x.shape[1] != dim:
-        raise TopicsError(f"{name} must have {dim} columns (as the other vectors), got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise TopicsError(f"{name} contains NaN or infinity")
-    return x.astype(np.float32, copy=False)
 
 
 def _similarities(similarities: object) -> np.ndarray:
@@ -164,8 +154,8 @@ def predict_tags(
     Returns:
         int64 ``[Q]``.
     """
-    query_vectors = _vectors(query_vectors, "query_vectors")
-    gallery_vectors = _vectors(gallery_vectors, "gallery_vectors", query_vectors.shape[1])
+    query_vectors = check_vectors(query_vectors, "query_vectors")
+    gallery_vectors = check_vectors(gallery_vectors, "gallery_vectors", query_vectors.shape[1])
     n_tags = _n_tags(n_tags)
     gallery_tags = _tags(gallery_tags, "gallery_tags", n_tags, len(gallery_vectors))
     k = _k(k, len(gallery_vectors))
@@ -182,8 +172,8 @@ def predict_tags(
 
 def visual_similarities(query_vectors: np.ndarray, gallery_vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of every query with every gallery item: float32 ``[Q, G]`` (rows need not be unit length)."""
-    query_vectors = _vectors(query_vectors, "query_vectors")
-    gallery_vectors = _vectors(gallery_vectors, "gallery_vectors", query_vectors.shape[1])
+    query_vectors = check_vectors(query_vectors, "query_vectors")
+    gallery_vectors = check_vectors(gallery_vectors, "gallery_vectors", query_vectors.shape[1])
 
     def unit(x: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -294,9 +284,7 @@ def evaluate_metadata(
                           low=1, high=len(graded), error=TopicsError)
     if n_queries < len(graded):
         graded = graded.subset(n_queries)
-    encoder = load_pretrained() if encoder is None else encoder
-    if not isinstance(encoder, Encoder):
-        raise TopicsError(f"encoder must be a visual_search.models.Encoder, got {type(encoder).__name__}")
+    encoder = encoder_or_default(encoder)
 
     queries = embed(encoder, graded.query_images, progress=False)
     gallery = embed(encoder, graded.gallery_images, progress=False)

@@ -56,7 +56,9 @@ from visual_search import config, data
 from visual_search._checks import check_real, check_seed
 from visual_search.embed import embed, raw_pixel_embeddings
 from visual_search.errors import TopicsError
-from visual_search.models import Encoder, load_pretrained
+from visual_search.models import Encoder
+from visual_search.topics._validate import encoder_or_default
+from visual_search.topics._validate import vectors as check_vectors
 
 #: The class that plays the disallowed category. Sandal, because it is a realistic hard case:
 #: it sits in the footwear super-category beside Sneaker and Ankle boot, which share its outline,
@@ -102,18 +104,6 @@ def _threshold(threshold: object) -> float:
 
 def _cost(cost: object, name: str) -> float:
     return check_real(cost, name, low=0.0, high=1e12, low_open=True, error=TopicsError)
-
-
-def _vectors(x: object, name: str, dim: int | None = None) -> np.ndarray:
-    """A non-empty finite float matrix ``[N, D]`` (``D == dim`` if given), as float64."""
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind != "f" or 0 in x.shape:
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise TopicsError(f"{name} must be a non-empty float array [N, D], got {got}")
-    if dim is not None and x.shape[1] != dim:
-        raise TopicsError(f"{name} must have {dim} columns (the moderation model's embedding size), got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise TopicsError(f"{name} contains NaN or infinity")
-    return x.astype(np.float64, copy=False)
 
 
 def _labels(labels: object, n: int) -> np.ndarray:
@@ -218,7 +208,7 @@ class ModerationModel:
         Raises:
             TopicsError: ``vectors`` is not a finite float ``[N, dim]`` array.
         """
-        x = _vectors(vectors, "vectors", self.dim)
+        x = check_vectors(vectors, "vectors", self.dim, dtype=np.float64, dim_note="the moderation model's embedding size")
         return expit(x @ self._weights + self._bias)
 
     def flag(self, vectors: np.ndarray) -> np.ndarray:
@@ -279,7 +269,7 @@ def train_moderation(
     Raises:
         TopicsError: any bad argument, or labels with only one side of the split.
     """
-    x = _vectors(vectors, "vectors")
+    x = check_vectors(vectors, "vectors", dtype=np.float64)
     y = _labels(labels, len(x)) == class_label(blocked_class)
     threshold = _threshold(threshold)
     C = check_real(C, "C", low=0.0, high=1e9, low_open=True, error=TopicsError)
@@ -434,9 +424,7 @@ def evaluate_moderation(
     seed = check_seed(seed, "seed", error=TopicsError)
     if not isinstance(pixel_baseline, (bool, np.bool_)):
         raise TopicsError(f"pixel_baseline must be True or False, got {pixel_baseline!r}")
-    encoder = load_pretrained() if encoder is None else encoder
-    if not isinstance(encoder, Encoder):
-        raise TopicsError(f"encoder must be a visual_search.models.Encoder, got {type(encoder).__name__}")
+    encoder = encoder_or_default(encoder)
 
     if config.is_fast():
         sample = data.load_sample()
