@@ -99,9 +99,11 @@ def test_catalog_refuses_a_newer_schema_and_a_file_that_is_not_a_database(tmp_pa
 def test_catalog_round_trips_records_and_never_reuses_an_id(tmp_path):
     cat = Catalog(tmp_path / "c.sqlite3")
     vec = np.arange(4, dtype=np.float32)
-    a, b = cat.add([NewImage("a" * 64, "m1", vec, "upload", owner="ann", private=True), NewImage("b" * 64, "m1", vec, "upload")])
+    a, b = cat.add([NewImage("a" * 64, "m1", vec, "upload", owner="ann", private=True),
+                    NewImage("b" * 64, "m1", vec, "upload", blocked=True)])
     rec = cat.records([a, b, 999], embeddings=True)
     assert set(rec) == {a, b} and rec[a].private and rec[a].owner == "ann" and not rec[b].private
+    assert rec[b].blocked and not rec[a].blocked  # blocked is stored with the row (moderation at upload)
     np.testing.assert_array_equal(rec[a].embedding, vec)
     cat.delete(b)
     (c,) = cat.add([NewImage("c" * 64, "m1", vec, "upload")])

@@ -123,6 +123,7 @@ class NewImage:
     private: bool = False
     label: int | None = None
     id: int | None = None
+    blocked: bool = False
 
 
 def _record(row: Sequence, embedding: bytes | None = None) -> ImageRecord:
@@ -224,8 +225,8 @@ class Catalog:
                 vec = np.ascontiguousarray(im.embedding, dtype=np.float32)
                 cur = conn.execute(
                     "INSERT INTO images (id, owner, uploaded_at, private, blocked, content_hash, model_version, embedding, label, source) "
-                    "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                    (im.id, im.owner, now, int(im.private), im.content_hash, im.model_version, vec.tobytes(), im.label, im.source),
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (im.id, im.owner, now, int(im.private), int(im.blocked), im.content_hash, im.model_version, vec.tobytes(), im.label, im.source),
                 )
                 ids.append(int(cur.lastrowid))
         return ids

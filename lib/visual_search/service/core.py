@@ -473,9 +473,9 @@ class VisualSearchService:
             source = f"upload; blocked by moderation: {decision.reason}" if blocked else "upload"
             # every vector is computed before the first write: a failing encoder changes nothing
             digest = self.blobs.put(pixels, durable=True)
-            (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, source, owner, bool(private))])
-            if blocked:  # before the index add, so no search sees it unblocked (after a crash here, the rule still hides it)
-                self.catalog.set_flags(image_id, blocked=True)
+            # blocked is stored with the row, in the same transaction: no search or crash can see it unblocked
+            (image_id,) = self.catalog.add([NewImage(digest, active.embedder.model_version, vector, source, owner, bool(private),
+                                                     blocked=blocked)])
             active.neighbours.index.add(vector[None], np.array([image_id]), model_version=active.embedder.model_version)
             for name, other in variants.items():
                 other.neighbours.index.add(others[name][None], np.array([image_id]), model_version=other.embedder.model_version)
