@@ -5,15 +5,19 @@ rule hides flagged candidates and an upload of a disallowed image is stored bloc
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_curve, precision_score, recall_score
 
-from visual_search import data
+from visual_search import config, data
 from visual_search.embed import embed
 from visual_search.errors import ServiceError, TopicsError
 from visual_search.service import Candidate, QueryContext, VisualSearchService
@@ -298,3 +302,89 @@ def test_the_service_refuses_a_moderation_model_it_cannot_use(data_dir, encoder,
                             moderation=mod.ModerationModel(model.classifier, "Sandal", 0.5, "another-model"))
     with pytest.raises(ServiceError, match="moderation"):
         rules.DropModerated(None)
+
+
+# ---- files, the CLI and the served add-ons --------------------------------------------------------
+
+
+def test_a_saved_model_loads_with_the_same_scores_class_threshold_and_version(model, vectors, tmp_path):
+    path = mod.save_moderation(model.with_threshold(0.2), tmp_path / "m.npz")
+    loaded = mod.load_moderation(path)
+    assert (loaded.blocked_class, loaded.threshold, loaded.model_version) == (model.blocked_class, 0.2, model.model_version)
+    np.testing.assert_array_equal(loaded.score(vectors[1]), model.score(vectors[1]))
+    np.testing.assert_allclose(loaded.classifier.predict_proba(vectors[1].astype(np.float64))[:, 1], model.score(vectors[1]), atol=1e-12)
+    unversioned = mod.load_moderation(mod.save_moderation(mod.ModerationModel(model.classifier, "Bag"), tmp_path / "u.npz"))
+    assert unversioned.model_version is None and unversioned.blocked_class == "Bag"
+
+
+def test_forged_or_damaged_model_files_are_refused_by_name(model, tmp_path):
+    good = dict(np.load(mod.save_moderation(model, tmp_path / "good.npz")))
+
+    def forged(name: str, **fields) -> str:
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            np.savez(f, **{**good, **fields})
+        return str(path)
+
+    (tmp_path / "text.npz").write_text("not a zip")
+    with open(tmp_path / "pickled.npz", "wb") as f:
+        np.savez(f, format=np.array(mod.FILE_FORMAT), weights=np.array([object()], dtype=object))
+    cases = [
+        (tmp_path / "missing.npz", "no such moderation model file"),
+        (tmp_path / "text.npz", "not a readable moderation model"),
+        (tmp_path / "pickled.npz", "not a readable moderation model"),  # allow_pickle=False: an object array is refused, never run
+        (forged("other.npz", format=np.array("something/1")), "not a moderation model file"),
+        (forged("nan.npz", weights=np.full(64, np.nan)), "finite vector"),
+        (forged("class.npz", blocked_class=np.array("Hat")), "blocked_class"),
+        (forged("threshold.npz", threshold=np.array(1.5)), "threshold"),
+        (forged("nobias.npz", bias=np.array([1.0, 2.0])), "damaged"),
+    ]
+    for path, match in cases:
+        with pytest.raises(TopicsError, match=match):
+            mod.load_moderation(path)
+    with pytest.raises(TopicsError, match="model"):
+        mod.save_moderation("a model", tmp_path / "x.npz")
+
+
+def test_fit_moderation_chooses_the_threshold_on_out_of_fold_scores(sample, vectors):
+    fitted, chosen = mod.fit_moderation(vectors[0], sample.gallery_labels, cost_false_negative=10, seed=3)
+    truth = sample.gallery_labels == SANDAL
+    expected = mod.choose_threshold(mod.out_of_fold_scores(vectors[0], truth, seed=3), truth, 1.0, 10.0)
+    assert fitted.threshold == chosen["threshold"] == expected["threshold"] < 0.5
+    np.testing.assert_array_equal(fitted.score(vectors[1]), mod.train_moderation(vectors[0], sample.gallery_labels).score(vectors[1]))
+    dearer, _ = mod.fit_moderation(vectors[0], sample.gallery_labels, cost_false_negative=100, seed=3)
+    assert dearer.threshold <= fitted.threshold  # a dearer miss flags more
+
+
+def test_the_topics_cli_writes_files_a_live_server_serves(data_dir, sample, vectors, model, tmp_path, capsys):
+    from live_server import start_server, stop_server
+
+    from visual_search.topics.__main__ import main
+
+    moderation_file, text_file = tmp_path / "m.npz", tmp_path / "t.pt"
+    assert main(["fit-moderation", "--data", "sample", "--out", str(moderation_file)]) == 0
+    assert "flags 'Sandal' at p >= " in capsys.readouterr().out
+    assert main(["fit-text", "--data", "sample", "--steps", "60", "--out", str(text_file)]) == 0
+    assert main(["fit-moderation", "--data", "sample", "--blocked-class", "Hat", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "blocked_class must be one of" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+    proc, base = start_server(data_dir, extra=["--text-encoder", str(text_file), "--moderation", str(moderation_file)])
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            body = c.post("/search/text", json={"query": "sandal", "k": 10}).json()
+            assert len(body["results"]) == 10 and "moderation" in body["dropped"]
+            sandal = int(np.argmax(np.where(sample.query_labels == SANDAL, model.score(vectors[1]), -1)))
+            r = c.post("/images", files={"image": ("s.png", png(sample.query_images[sandal]), "image/png")})
+            assert r.status_code == 201 and c.get(f"/images/{r.json()['id']}").status_code == 404  # stored blocked
+            assert c.post("/search/text", json={"query": "", "k": 10}).status_code == 422
+    finally:
+        stop_server(proc)
+
+
+def test_the_server_refuses_a_bad_add_on_file_with_one_line(data_dir, tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    for flag, match in (("--moderation", "not a readable moderation model"), ("--text-encoder", "no such text encoder file")):
+        run = subprocess.run([sys.executable, "-m", "visual_search.service", "serve", "--data-dir", str(data_dir), "--gallery", "sample",
+                              flag, str(tmp_path / ("junk.npz" if flag == "--moderation" else "missing.pt"))],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(config.REPO_ROOT / "lib")})
+        assert run.returncode == 2 and match in run.stderr and "Traceback" not in run.stderr

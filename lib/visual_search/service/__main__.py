@@ -1,5 +1,9 @@
 """``python -m visual_search.service serve --host 127.0.0.1 --port 8000 --data-dir DIR --gallery full|sample``.
 
+Optional add-ons from chapter 11: ``--text-encoder PATH`` serves ``POST /search/text``, and
+``--moderation PATH`` blocks flagged uploads and drops flagged results (both files are
+written by ``python -m visual_search.topics``).
+
 The first start builds the catalog, the image files and the index (with progress
 bars); later starts load them and reconcile, in seconds. The index file is saved
 again on a clean shutdown (Ctrl-C or SIGTERM).
@@ -34,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                             "(python -m visual_search.bench serve, thread_pools)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="uploads above this get 413")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--text-encoder", type=Path, default=None,
+                       help="a text tower for POST /search/text (python -m visual_search.topics fit-text --out PATH)")
+    serve.add_argument("--moderation", type=Path, default=None,
+                       help="a moderation model: flagged uploads are stored blocked and flagged results dropped "
+                            "(python -m visual_search.topics fit-moderation --out PATH)")
     args = parser.parse_args(argv)
 
     import torch
@@ -53,8 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     faiss.omp_set_num_threads(max(1, args.threads))
     threadpool_limits(max(1, args.threads))
+    from visual_search.errors import VisualSearchError
+    from visual_search.topics.moderation import load_moderation
+    from visual_search.topics.text_search import load_text_encoder
+
     encoder, _ = load_encoder(args.checkpoint or _last_checkpoint(args.data_dir) or CHECKPOINT_PATH)
-    service = VisualSearchService(args.data_dir, encoder, gallery=lambda: load_gallery(args.gallery))  # loaded only for an empty catalog
+    try:  # a bad add-on file (or one trained for another model) ends the start with one line naming it
+        text_encoder = None if args.text_encoder is None else load_text_encoder(args.text_encoder)
+        moderation = None if args.moderation is None else load_moderation(args.moderation)
+        service = VisualSearchService(args.data_dir, encoder, gallery=lambda: load_gallery(args.gallery),  # loaded only for an empty catalog
+                                      text_encoder=text_encoder, moderation=moderation)
+    except VisualSearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"visual search: {len(service.index):,} images, model {service.model_version}, index {service.stats()['index']}; "
           f"start-up {service.startup}", flush=True)
     app = create_app(service, max_upload_bytes=int(args.max_upload_mb * 2**20), request_threads=args.request_threads, close_on_shutdown=True)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.special import expit
@@ -280,6 +281,67 @@ def train_moderation(
     return ModerationModel(classifier, blocked_class, threshold, model_version)
 
 
+#: The format tag ``save_moderation`` writes and ``load_moderation`` requires.
+FILE_FORMAT = "visual_search.moderation/1"
+
+
+def save_moderation(model: ModerationModel, path: str | Path) -> Path:
+    """Write a moderation model to ``path`` as a NumPy ``.npz`` of plain arrays (no pickle). Returns the path.
+
+    What is written: the weights and bias, the blocked class, the threshold and the image
+    model's version. That is all ``score`` needs, and a file of plain arrays can be read
+    without running anything in it (a pickled scikit-learn object could run code on load).
+
+    Raises:
+        TopicsError: ``model`` is not a ``ModerationModel``.
+    """
+    if not isinstance(model, ModerationModel):
+        raise TopicsError(f"model: expected a ModerationModel, got {type(model).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
+        np.savez(f, format=np.array(FILE_FORMAT), weights=model._weights, bias=np.array(model._bias),
+                 blocked_class=np.array(model.blocked_class), threshold=np.array(model.threshold),
+                 model_version=np.array(model.model_version or ""))
+    return path
+
+
+def load_moderation(path: str | Path) -> ModerationModel:
+    """Read a model written by ``save_moderation`` (``allow_pickle=False``: a forged file cannot run code).
+
+    Raises:
+        TopicsError: a missing or unreadable file, one that is not a moderation model, or damaged fields
+            (a bad class, a threshold outside [0, 1], non-finite weights).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {name: f[name] for name in f.files}
+    except FileNotFoundError:
+        raise TopicsError(f"{path}: no such moderation model file") from None
+    except Exception as err:  # numpy raises zip, value and OS errors for a damaged or foreign file
+        raise TopicsError(f"{path}: not a readable moderation model ({type(err).__name__}: {err})") from None
+    if str(fields.get("format", "")) != FILE_FORMAT:
+        raise TopicsError(f"{path}: not a moderation model file (no format {FILE_FORMAT!r})")
+    try:
+        weights = np.asarray(fields["weights"], dtype=np.float64)
+        bias = float(fields["bias"])
+        blocked_class, version = str(fields["blocked_class"]), str(fields["model_version"])
+        threshold = float(fields["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise TopicsError(f"{path}: a damaged moderation model ({type(err).__name__}: {err})") from None
+    if weights.ndim != 1 or len(weights) == 0 or not np.isfinite(weights).all() or not np.isfinite(bias):
+        raise TopicsError(f"{path}: a damaged moderation model (weights must be a finite vector, got shape {list(weights.shape)})")
+    classifier = LogisticRegression()
+    classifier.classes_ = np.array([False, True])
+    classifier.coef_, classifier.intercept_ = weights[None], np.array([bias])
+    classifier.n_features_in_ = len(weights)
+    try:
+        return ModerationModel(classifier, blocked_class, threshold, version or None)
+    except TopicsError as err:
+        raise TopicsError(f"{path}: a damaged moderation model ({err})") from None
+
+
 # ---- errors, thresholds and costs ---------------------------------------------------------------
 
 
@@ -370,6 +432,46 @@ def choose_threshold(scores: np.ndarray, is_blocked: np.ndarray, cost_false_posi
             "false_positives": float(fp), "false_negatives": float(fn), "precision": precision, "recall": recall}
 
 
+def out_of_fold_scores(vectors: np.ndarray, is_blocked: np.ndarray, C: float = DEFAULT_C, seed: int = 0) -> np.ndarray:
+    """Each training image's score from a classifier that did not train on it (``FOLDS``-fold, stratified, shuffled with ``seed``).
+
+    These are the scores to choose a threshold on: the model's scores on its own training
+    images are too confident.
+    """
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    return cross_val_predict(LogisticRegression(C=C, max_iter=2_000, random_state=seed), np.asarray(vectors, dtype=np.float64),
+                             is_blocked, cv=folds, method="predict_proba")[:, 1]
+
+
+def fit_moderation(
+    vectors: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    blocked_class: str = DEFAULT_BLOCKED_CLASS,
+    cost_false_positive: float = COST_FALSE_POSITIVE,
+    cost_false_negative: float = COST_FALSE_NEGATIVE,
+    C: float = DEFAULT_C,
+    seed: int = 0,
+    model_version: str | None = None,
+) -> tuple[ModerationModel, dict[str, float]]:
+    """Train on all of ``vectors`` with the threshold ``choose_threshold`` picks on out-of-fold scores.
+
+    What a deployment wants: one model, and a threshold set by the costs on images the
+    model did not see. ``python -m visual_search.topics fit-moderation`` runs this.
+
+    Returns:
+        ``(model, chosen)``: the model with its threshold, and ``choose_threshold``'s dict.
+
+    Raises:
+        TopicsError: any bad argument (see ``train_moderation`` and ``choose_threshold``).
+    """
+    model = train_moderation(vectors, labels, blocked_class, C=C, seed=seed, model_version=model_version)
+    c_fp = _cost(cost_false_positive, "cost_false_positive")
+    c_fn = _cost(cost_false_negative, "cost_false_negative")
+    truth = np.asarray(labels) == class_label(blocked_class)
+    chosen = choose_threshold(out_of_fold_scores(vectors, truth, C, seed), truth, c_fp, c_fn)
+    return model.with_threshold(chosen["threshold"]), chosen
+
+
 # ---- the measurement -------------------------------------------------------------------------------
 
 
@@ -438,9 +540,7 @@ def evaluate_moderation(
     train_truth, test_truth = train_labels == label, test_labels == label
 
     model = train_moderation(train_x, train_labels, blocked_class, C=C, seed=seed, model_version=encoder.version)
-    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    out_of_fold = cross_val_predict(LogisticRegression(C=C, max_iter=2_000, random_state=seed), train_x.astype(np.float64),
-                                    train_truth, cv=folds, method="predict_proba")[:, 1]
+    out_of_fold = out_of_fold_scores(train_x, train_truth, C, seed)
     chosen = choose_threshold(out_of_fold, train_truth, c_fp, c_fn)
     thresholds = {"0.5": 0.5, "bayes": bayes_threshold(c_fp, c_fn), "chosen": chosen["threshold"]}
 
@@ -483,6 +583,10 @@ __all__ = [
     "ModerationModel",
     "class_label",
     "train_moderation",
+    "save_moderation",
+    "out_of_fold_scores",
+    "fit_moderation",
+    "load_moderation",
     "confusion",
     "precision_recall",
     "precision_recall_sweep",
