@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def cheapest_threshold(scores: np.ndarray, is_blocked: np.ndarray, cost_fp: float, cost_fn: float) -> float:
+    """The threshold (flag ``score >= t``) with the lowest ``cost_fp * FP + cost_fn * FN``."""
+    candidates = np.r_[np.unique(scores), np.inf]  # every decision a threshold can make, and "flag nothing"
+    costs = [cost_fp * np.sum((scores >= t) & ~is_blocked) + cost_fn * np.sum((scores < t) & is_blocked) for t in candidates]
+    best = candidates[int(np.argmin(costs))]
+    return float(best) if np.isfinite(best) else 2.0  # any number above every score flags nothing
+
+
 def iou(a: tuple, b: tuple) -> float:
     """Intersection over union of two boxes (left, top, right, bottom), right and bottom exclusive."""
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))

@@ -1,4 +1,5 @@
-"""Checks for chapter 11, the senior talking points: a box's IoU, the hybrid tag score, and graph smoothing."""
+"""Checks for chapter 11, the senior talking points: the cheapest moderation threshold, a box's IoU, the hybrid tag
+score, and graph smoothing."""
 
 from __future__ import annotations
 
@@ -7,8 +8,35 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from visual_search.exercises._core import call, checker, expect_close
-from visual_search.topics import coclick, metadata, smart_crop
+from visual_search.exercises._core import Mismatch, call, checker, expect_close
+from visual_search.topics import coclick, metadata, moderation, smart_crop
+
+
+@checker
+def cheapest_threshold(answer: Callable[[np.ndarray, np.ndarray, float, float], float], rng: np.random.Generator) -> int:
+    """``answer(scores, is_blocked, cost_fp, cost_fn)`` -> a threshold whose cost ``cost_fp * FP + cost_fn * FN`` is the lowest.
+
+    Every threshold between two neighbouring scores makes the same decisions, so the check
+    compares the cost of the answer's decisions (flag ``score >= threshold``) with the lowest
+    cost any threshold reaches (``topics.moderation.choose_threshold``), not the number itself.
+    """
+    for i in range(10):
+        n = int(rng.integers(4, 40))
+        is_blocked = rng.random(n) < rng.uniform(0.1, 0.5)
+        # scores that mostly rank the blocked images higher, with overlap, and some ties
+        scores = np.clip(np.round(rng.normal(np.where(is_blocked, 0.7, 0.3), 0.2), int(rng.choice([2, 3]))), 0.0, 1.0)
+        cost_fp, cost_fn = float(rng.choice([1.0, 2.0])), float(rng.choice([0.5, 1.0, 5.0, 10.0, 50.0]))
+        case = f"case {i + 1} ({n} images, {int(is_blocked.sum())} blocked, cost_fp {cost_fp:g}, cost_fn {cost_fn:g})"
+        got = call(answer, scores.copy(), is_blocked.copy(), cost_fp, cost_fn, case=case)
+        if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, float, np.integer, np.floating)) or not np.isfinite(got):
+            raise Mismatch(f"{case}: expected one threshold (a number), got {got!r}")
+        flagged = scores >= float(got)
+        cost = cost_fp * int((flagged & ~is_blocked).sum()) + cost_fn * int((~flagged & is_blocked).sum())
+        best = moderation.choose_threshold(scores, is_blocked, cost_fp, cost_fn)["cost"]
+        expect_close(cost, best, case + ", the cost of your threshold's decisions",
+                     "flag score >= t; try every distinct score as t (and a t above every score: flag nothing), "
+                     "count FP and FN at each, and keep the t with the lowest cost_fp * FP + cost_fn * FN")
+    return 10
 
 
 @checker
