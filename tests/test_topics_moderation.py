@@ -207,6 +207,10 @@ def test_bad_inputs_are_refused(model, vectors, sample):
         (lambda: mod.evaluate_moderation(cost_false_negative=-1), "cost_false_negative"),
         (lambda: mod.evaluate_moderation(encoder="cnn.pt"), "encoder"),
         (lambda: mod.evaluate_moderation(pixel_baseline="yes"), "pixel_baseline"),
+        (lambda: mod.out_of_fold_scores(vectors[0], sample.gallery_labels == SANDAL, C=0), "C"),
+        (lambda: mod.out_of_fold_scores(vectors[0], sample.gallery_labels, seed=1), "is_blocked"),
+        (lambda: mod.out_of_fold_scores(vectors[0][:20], np.arange(20) < 2), "at least 5 images on each side"),
+        (lambda: mod.fit_moderation(vectors[0], sample.gallery_labels, cost_false_negative=0), "cost_false_negative"),
     ]
     for call, match in cases:
         with pytest.raises(TopicsError, match=match):

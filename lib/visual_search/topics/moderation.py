@@ -437,10 +437,21 @@ def out_of_fold_scores(vectors: np.ndarray, is_blocked: np.ndarray, C: float = D
 
     These are the scores to choose a threshold on: the model's scores on its own training
     images are too confident.
+
+    Raises:
+        TopicsError: bad vectors, C or seed; ``is_blocked`` not one boolean per vector, or with
+            fewer than ``FOLDS`` images on either side (each fold needs both).
     """
+    x = check_vectors(vectors, "vectors", dtype=np.float64)
+    truth = _booleans(is_blocked, "is_blocked", "is each image of the blocked class?", len(x))
+    C = check_real(C, "C", low=0.0, high=1e9, low_open=True, error=TopicsError)
+    seed = check_seed(seed, "seed", error=TopicsError)
+    if min(truth.sum(), (~truth).sum()) < FOLDS:
+        raise TopicsError(f"is_blocked must have at least {FOLDS} images on each side for {FOLDS} folds, "
+                          f"got {int(truth.sum())} blocked of {len(truth)}")
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    return cross_val_predict(LogisticRegression(C=C, max_iter=2_000, random_state=seed), np.asarray(vectors, dtype=np.float64),
-                             is_blocked, cv=folds, method="predict_proba")[:, 1]
+    return cross_val_predict(LogisticRegression(C=C, max_iter=2_000, random_state=seed), x, truth, cv=folds,
+                             method="predict_proba")[:, 1]
 
 
 def fit_moderation(
