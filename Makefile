@@ -13,7 +13,7 @@ help:
 	@echo "make course    install, fetch the data, run every notebook in full mode (figures/ + run-time table)"
 	@echo "make test      install, run the unit tests and every notebook in fast mode"
 	@echo "make lint      install, then ruff over the library, tests, datasets script, notebooks and solutions"
-	@echo "make serve     the visual search service on http://127.0.0.1:8000 (full 70k gallery; first start builds it)"
+	@echo "make serve     the visual search service on http://127.0.0.1:8000 (full 70k gallery, image and text queries; first start builds it)"
 	@echo "make bench     every benchmark (baseline, ablations, encoders, ann, serve, online, scale) -> results/*.json, figures/*.png"
 	@echo "make train     retrain the committed SimCLR checkpoint (about 40 min on 2 CPU cores)"
 	@echo "make lab       open JupyterLab on notebooks/"
@@ -95,8 +95,13 @@ test: $(STAMP)
 	VISUAL_SEARCH_FAST=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 SERVE_DIR ?= build/serve-full
-serve: data
-	$(PY) -m visual_search.service serve --host 127.0.0.1 --port 8000 --data-dir $(SERVE_DIR) --gallery full
+# Chapter 11's text tower, so the page offers text search: trained once (about 30 s) against the
+# committed encoder, and again when that checkpoint changes.
+TEXT_ENCODER := $(SERVE_DIR)/text_encoder.pt
+$(TEXT_ENCODER): checkpoints/simclr_cnn.pt | data
+	$(PY) -m visual_search.topics fit-text --out $@
+serve: data $(TEXT_ENCODER)
+	$(PY) -m visual_search.service serve --host 127.0.0.1 --port 8000 --data-dir $(SERVE_DIR) --gallery full --text-encoder $(TEXT_ENCODER)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests datasets notebooks solutions

@@ -535,6 +535,7 @@ def test_health_stats_and_docs(client):
     assert h["status"] == "ok" and h["images"] == 2000 and h["model_version"].startswith("cnn-")
     s = client.get("/stats").json()
     assert {"images", "searches", "clicks", "p50_ms", "p95_ms"} <= set(s)
+    assert s["text_search"] is False and s["moderation"] is None  # chapter 11's add-ons are off unless given
     assert client.get("/docs").status_code == 200 and "/search" in client.get("/openapi.json").json()["paths"]
 
 

@@ -3,8 +3,9 @@
 A module fixture starts ``python -m visual_search.service serve`` on a free port with a
 fresh data directory and the committed sample as its gallery; headless Chromium (Debian's
 ``/usr/bin/chromium``, driven by Playwright) then uses the page as a person would: upload
-a query, drag a crop box, search, click a result ("more like this"). The click must reach
-the server's click log, which the test reads straight from the SQLite catalog.
+a query, drag a crop box, search, click a result ("more like this"), and search by text.
+The click must reach the server's click log, which the test reads straight from the
+SQLite catalog.
 
 Playwright's own browser download is not used (nor needed): the test skips, saying why,
 when the ``playwright`` package or ``/usr/bin/chromium`` is missing.
@@ -20,7 +21,8 @@ import pytest
 from live_server import OPENER, start_server, stop_server
 from PIL import Image
 
-from visual_search.data import load_sample
+from visual_search.data import CLASS_NAMES, load_sample
+from visual_search.topics.__main__ import main as topics_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -65,7 +67,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("service") / "data"
-    process, url = start_server(data_dir, gallery="sample", timeout=STARTUP_TIMEOUT_S)
+    text_encoder = data_dir.parent / "text_encoder.pt"  # chapter 11's text tower, so the page offers text search
+    assert topics_cli(["fit-text", "--data", "sample", "--steps", "150", "--out", str(text_encoder)]) == 0
+    process, url = start_server(data_dir, gallery="sample", timeout=STARTUP_TIMEOUT_S, extra=["--text-encoder", str(text_encoder)])
     try:
         yield Server(url, data_dir)
     finally:
@@ -219,3 +223,36 @@ def test_bad_upload_shows_the_error_and_the_page_recovers(page):
     _wait_for_search(page, 1)
     expect(error).to_have_text("")
     assert page.locator("#results .result").count() >= 1
+
+
+def test_text_search_from_the_page(page, server):
+    controls = page.locator("#text-controls")
+    expect(controls).to_be_visible()  # hidden in the HTML; shown because /stats says text_search
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/search/text")) as answer:
+        page.fill("#text-query", "sandal")
+        page.press("#text-query", "Enter")
+    _wait_for_search(page, 1)
+    sent = answer.value.request.post_data_json
+    assert sent["query"] == "sandal" and sent["k"] == 20 and sent["user"]
+    ids = [int(i) for i in page.locator("#results .result").evaluate_all("cards => cards.map(c => c.dataset.id)")]
+    assert len(ids) == 20
+    con = sqlite3.connect(f"file:{server.data_dir / 'catalog.sqlite3'}?mode=ro", uri=True, timeout=10)
+    try:
+        labels = dict(con.execute(f"SELECT id, label FROM images WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall())
+    finally:
+        con.close()
+    sandals = sum(labels[i] == CLASS_NAMES.index("Sandal") for i in ids)
+    assert sandals >= 15, f"only {sandals} of 20 results are sandals"  # measured 20 of 20 with this tower
+
+    # A word the tower never saw: the server's 422 detail is shown, and the page keeps working.
+    page.fill("#text-query", "zeppelin")
+    with page.expect_response(lambda r: r.url.endswith("/search/text")) as answer:
+        page.click("#search-text")
+    page.wait_for_selector("body[data-state=error]", timeout=TIMEOUT_MS)
+    assert answer.value.status == 422
+    expect(page.locator("#error")).to_contain_text("zeppelin")
+    assert page.locator("#results .result").count() == 0
+    page.fill("#text-query", "a dark ankle boot")
+    page.click("#search-text")
+    _wait_for_search(page, 2)
+    expect(page.locator("#error")).to_have_text("")

@@ -381,6 +381,8 @@ def test_the_topics_cli_writes_files_a_live_server_serves(data_dir, sample, vect
             r = c.post("/images", files={"image": ("s.png", png(sample.query_images[sandal]), "image/png")})
             assert r.status_code == 201 and c.get(f"/images/{r.json()['id']}").status_code == 404  # stored blocked
             assert c.post("/search/text", json={"query": "", "k": 10}).status_code == 422
+            stats = c.get("/stats").json()
+            assert stats["text_search"] is True and stats["moderation"].startswith("Sandal at p >= ")
     finally:
         stop_server(proc)
 

@@ -429,13 +429,15 @@ class VisualSearchService:
         return record
 
     def stats(self) -> dict[str, Any]:
-        """Counts, recent latency percentiles, and what is serving."""
+        """Counts, recent latency percentiles, and what is serving (with the add-ons: text search, moderation)."""
         with self._latency_lock:
             lat = np.array(self._latencies) * 1e3
         pct = {f"p{p}_ms": (round(float(np.percentile(lat, p)), 3) if len(lat) else None) for p in (50, 95, 99)}
         return {**self.catalog.counts(), "indexed": len(self.index), **pct, "latency_window": len(lat),
                 "model_version": self.model_version, "variants": self.variants, "index": self._active.neighbours.label,
-                "swapping": self.swapping, "swap_error": self.swap_error, "uptime_s": round(time.time() - self.started, 1)}
+                "swapping": self.swapping, "swap_error": self.swap_error, "uptime_s": round(time.time() - self.started, 1),
+                "text_search": self.text_encoder is not None,
+                "moderation": None if self.moderation is None else f"{self.moderation.blocked_class} at p >= {self.moderation.threshold:.3f}"}
 
     # ---------------------------------------------------------------- writing
     def upload(self, image: bytes | np.ndarray, owner: str | None = None, private: bool = False) -> int:

@@ -3,7 +3,7 @@
 // Read it top to bottom:
 //   1. the page's state and small helpers;
 //   2. the query canvas: showing the query image and dragging a crop box on it;
-//   3. talking to the server: /random, /search, /clicks;
+//   3. talking to the server: /random, /search, /search/text, /clicks, /stats;
 //   4. showing the results;
 //   5. wiring the buttons.
 //
@@ -221,7 +221,7 @@ async function act(action, during, after) {
 }
 
 function setControlsDisabled(disabled) {
-  for (const id of ["file", "random", "clear-crop", "k", "search"]) {
+  for (const id of ["file", "random", "clear-crop", "k", "search", "text-query", "search-text"]) {
     $(id).disabled = disabled;
   }
   $("results").classList.toggle("busy", disabled);
@@ -251,6 +251,42 @@ async function runSearch() {
   }
   showResults(data);
   document.body.dataset.searches = Number(document.body.dataset.searches) + 1;
+}
+
+// POST /search/text with the words typed: the same index, rules and results as an image search
+// (chapter 11's miniature CLIP), offered only when the server has a text encoder.
+async function runTextSearch() {
+  const query = $("text-query").value.trim();
+  if (!query) {
+    throw new Error("Type a description first, for example \"a dark ankle boot\".");
+  }
+  const body = { query, user: USER };
+  const k = $("k").value.trim();
+  if (k) body.k = Number(k); // the same k box as the image search; the server checks its range
+  let data;
+  try {
+    data = await (await request("/search/text", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })).json();
+  } catch (err) {
+    clearResults();
+    throw err;
+  }
+  showResults(data);
+  document.body.dataset.searches = Number(document.body.dataset.searches) + 1;
+}
+
+// Show the text box if the server can answer text queries. The page works without it, so a
+// failed /stats only leaves the box hidden.
+async function offerTextSearch() {
+  try {
+    const stats = await (await request("/stats")).json();
+    $("text-controls").hidden = !stats.text_search;
+  } catch {
+    $("text-controls").hidden = true;
+  }
 }
 
 // A click on a result: log the click, then search for more like the clicked image.
@@ -352,4 +388,11 @@ $("k").addEventListener("keydown", (event) => {
   if (event.key === "Enter") search(); // Enter in the k box searches too
 });
 
+const searchText = () => act(runTextSearch, "searching", "done");
+$("search-text").addEventListener("click", searchText);
+$("text-query").addEventListener("keydown", (event) => {
+  if (event.key === "Enter") searchText();
+});
+
 drawQuery(); // the empty canvas, with its hint
+offerTextSearch();
