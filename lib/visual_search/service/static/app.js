@@ -241,10 +241,14 @@ async function runSearch() {
   const k = $("k").value.trim();
   if (k) form.append("k", k); // left empty: the server's default; out of range: the server says so
   form.append("user", USER);
+  await searchAndShow("/search", { method: "POST", body: form });
+}
 
+// Send one search (image or text: both answer the same shape) and show its results.
+async function searchAndShow(url, options) {
   let data;
   try {
-    data = await (await request("/search", { method: "POST", body: form })).json();
+    data = await (await request(url, options)).json();
   } catch (err) {
     clearResults(); // the results shown belong to an earlier query: do not let them pass for this one's
     throw err;
@@ -263,19 +267,11 @@ async function runTextSearch() {
   const body = { query, user: USER };
   const k = $("k").value.trim();
   if (k) body.k = Number(k); // the same k box as the image search; the server checks its range
-  let data;
-  try {
-    data = await (await request("/search/text", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    })).json();
-  } catch (err) {
-    clearResults();
-    throw err;
-  }
-  showResults(data);
-  document.body.dataset.searches = Number(document.body.dataset.searches) + 1;
+  await searchAndShow("/search/text", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
 }
 
 // Show the text box if the server can answer text queries. The page works without it, so a
